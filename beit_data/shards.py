@@ -1,0 +1,95 @@
+"""Image shards: deterministic WebDataset tars written atomically.
+
+Every tar header carries mtime 0, uid/gid 0, empty owner names and mode 0644,
+and members come in a fixed order (``.jpg``, ``.cls``, ``.json``), so the same
+samples give byte-identical shards on any machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+from .atomic import commit, dump_json, partial_path
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image sample as stored in a shard."""
+
+    key: str
+    jpeg: bytes
+    class_id: int
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What the manifest records for a committed shard."""
+
+    count: int
+    bytes: int
+    sha256: str
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of shard ``index`` of ``split``."""
+    return f"{split}-{index:06d}.tar"
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_shard(path: Path, samples: Iterable[Sample]) -> WrittenShard:
+    """Write ``samples`` to ``path`` through a temporary file and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    count = 0
+    with open(tmp, "wb") as f:
+        sink = _HashingWriter(f)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for s in samples:
+                if not KEY_PATTERN.match(s.key):
+                    raise ValueError(f"invalid sample key {s.key!r}: keys match [A-Za-z0-9_-]+")
+                for ext, payload in (("jpg", s.jpeg), ("cls", str(s.class_id).encode()),
+                                     ("json", dump_json(s.meta).encode())):
+                    tar.addfile(_member(f"{s.key}.{ext}", len(payload)), io.BytesIO(payload))
+                count += 1
+    commit(tmp, path)
+    return WrittenShard(count=count, bytes=sink.size, sha256=sink.sha.hexdigest())
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
