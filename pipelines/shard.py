@@ -41,6 +41,7 @@ class ShardOptions:
     samples_per_shard: int = 1000
     max_shard_bytes: int = 1 << 30
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_check: bool = True
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1 or self.max_shard_bytes < 1:
@@ -74,12 +75,12 @@ def _fingerprint(options: ShardOptions, classes: ClassIndex, listing: Listing) -
     return h.hexdigest()
 
 
-def _samples(entries: list[Entry], class_ids: dict[str, int], max_pixels: int,
+def _samples(entries: list[Entry], class_ids: dict[str, int], options: ShardOptions,
              quarantine: list[dict[str, str]], repaired: list[str]) -> Iterator[Sample]:
     with EntryReader() as reader:
         for e in entries:
             try:
-                checked = check_image(reader.read(e), max_pixels)
+                checked = check_image(reader.read(e), options.max_pixels, options.decode_check)
             except Quarantined as q:
                 quarantine.append({"source": e.source, "reason": str(q)})
                 continue
@@ -93,14 +94,15 @@ def _samples(entries: list[Entry], class_ids: dict[str, int], max_pixels: int,
             yield Sample(e.key, checked.data, class_ids[e.synset], meta)
 
 
-def write_one_shard(root: str, split: str, index: int, entries: list[Entry], class_ids: dict[str, int],
-                    max_pixels: int) -> dict[str, Any]:
+def write_one_shard(root: str, index: int, entries: list[Entry], class_ids: dict[str, int],
+                    options: ShardOptions) -> dict[str, Any]:
     """Write shard ``index`` and commit its record; returns the record."""
     quarantine: list[dict[str, str]] = []
     repaired: list[str] = []
+    split = options.split
     name = shard_name(split, index)
     written = write_shard(Path(root) / "images" / split / name,
-                          _samples(entries, class_ids, max_pixels, quarantine, repaired))
+                          _samples(entries, class_ids, options, quarantine, repaired))
     record = {"name": f"images/{split}/{name}", "count": written.count, "bytes": written.bytes,
               "sha256": written.sha256, "inputs": len(entries), "source_bytes": sum(e.size for e in entries),
               "repaired": repaired, "quarantine": quarantine}
@@ -184,7 +186,7 @@ def run_shard_job(src: Path, root: Path, options: ShardOptions, *, labels: dict[
         while todo and len(pending) < window:
             i = todo.pop(0)
             shard_ids = {e.synset: class_ids[e.synset] for e in shards[i]}
-            pending[_write_task.remote(str(root), options.split, i, shards[i], shard_ids, options.max_pixels)] = i
+            pending[_write_task.remote(str(root), i, shards[i], shard_ids, options)] = i
         ready, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ready[0])
         try:

@@ -17,13 +17,35 @@ import re
 import numpy as np
 import torch
 from scipy.interpolate import RectBivariateSpline
-from scipy.optimize import brentq
 
 #: The three extra rows after the grid offsets: cls→token, token→cls, cls→cls.
 NUM_EXTRA = 3
 
 _LAYER_TABLE = "layers.{}.relative_position_bias.relative_position_bias_table"
 _SHARED_TABLE = "shared_position_bias.relative_position_bias_table"
+
+
+def _growth_ratio(n: int, reach: float) -> float:
+    """``q`` with ``1 + q + … + q^(n-1) = reach``.
+
+    Solved by the bisection BEiT ran (bracket [1.01, 1.5], stop at width 1e-6,
+    take the last midpoint) so 224→384 offsets equal those behind its
+    published 384 checkpoints; a wider bracket only when the root lies outside
+    (shrinking, or growing by less than ~1 %).
+    """
+    def total(q: float) -> float:
+        return sum(q ** i for i in range(n))
+
+    lo, hi = 1.01, 1.5
+    if not total(lo) <= reach <= total(hi):
+        lo, hi = 0.0, float(reach)
+    while hi - lo > 1e-6:
+        q = (lo + hi) / 2.0
+        if total(q) > reach:
+            hi = q
+        else:
+            lo = q
+    return q
 
 
 def geometric_offsets(src_len: int, dst_len: int) -> np.ndarray:
@@ -39,13 +61,7 @@ def geometric_offsets(src_len: int, dst_len: int) -> np.ndarray:
         return np.arange(-n, n + 1, dtype=np.float64)
     if n == 0:
         raise ValueError("cannot stretch a 1-offset table")
-
-    def overshoot(q: float) -> float:
-        return sum(q ** i for i in range(n)) - reach
-
-    q = brentq(overshoot, 1e-9, float(reach), xtol=1e-14)
-    steps = q ** np.arange(n)
-    right = np.cumsum(steps)
+    right = np.cumsum(_growth_ratio(n, reach) ** np.arange(n))
     return np.concatenate([-right[::-1], [0.0], right])
 
 
