@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
 from .atomic import commit, dump_json, partial_path
+from .errors import BeitDataError
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class ShardReadError(BeitDataError):
+    """An image shard that cannot be read to its end."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,25 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def iter_samples(fileobj: BinaryIO, source: str = "shard") -> Iterable[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {ext: bytes})`` for each sample of an image shard, in order (streamed)."""
+    current: str | None = None
+    parts: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if key != current:
+                    if current is not None:
+                        yield current, parts
+                    current, parts = key, {}
+                parts[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardReadError(f"image shard {source} is truncated or corrupt ({e}): "
+                             "check it with 'beit-data verify' and rerun 'beit-data shard' to rewrite it") from None
+    if current is not None:
+        yield current, parts

@@ -9,7 +9,10 @@ from beit_data.errors import BeitDataError
 
 # subcommand -> module in jobs/ that provides add_arguments(parser) and run(args)
 COMMANDS = {
+    "demo": "jobs.demo",
     "shard": "jobs.shard",
+    "tokenize": "jobs.tokenize",
+    "convert-tokenizer": "jobs.convert_tokenizer",
 }
 
 
