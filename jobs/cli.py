@@ -13,6 +13,7 @@ COMMANDS = {
     "shard": "jobs.shard",
     "tokenize": "jobs.tokenize",
     "convert-tokenizer": "jobs.convert_tokenizer",
+    "verify": "jobs.verify",
 }
 
 
