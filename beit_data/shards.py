@@ -1,7 +1,8 @@
 """Image shards: deterministic WebDataset tars written atomically.
 
-Every tar header carries mtime 0, uid/gid 0, empty owner names and mode 0644,
-and members come in a fixed order (``.jpg``, ``.cls``, ``.json``), so the same
+Shards are POSIX ustar archives written directly (no tarfile round trips):
+every header carries mtime 0, uid/gid 0, empty owner names and mode 0644, and
+members come in a fixed order (``.jpg``, ``.cls``, ``.json``), so the same
 samples give byte-identical shards on any machine.
 """
 from __future__ import annotations
@@ -48,47 +49,47 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-class _HashingWriter(io.RawIOBase):
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, b) -> int:  # type: ignore[override]
-        self.sha.update(b)
-        self.size += len(b)
-        return self.f.write(b)
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar's default blocking factor, as GNU tar and Python's tarfile write it
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
+def _header(name: str, size: int) -> bytes:
+    """A POSIX ustar header with fixed mode, owner and mtime (so output is reproducible)."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
+    fields = [encoded.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size,
+              b"00000000000\0", b" " * 8, b"0", b"\0" * 100, b"ustar\x0000", b"\0" * 32, b"\0" * 32,
+              b"0000000\0", b"0000000\0", b"\0" * 155, b"\0" * 12]
+    header = bytearray(b"".join(fields))
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 def write_shard(path: Path, samples: Iterable[Sample]) -> WrittenShard:
     """Write ``samples`` to ``path`` through a temporary file and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    count = 0
+    sha, size, count = hashlib.sha256(), 0, 0
     with open(tmp, "wb") as f:
-        sink = _HashingWriter(f)
-        with tarfile.open(fileobj=sink, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for s in samples:
-                if not KEY_PATTERN.match(s.key):
-                    raise ValueError(f"invalid sample key {s.key!r}: keys match [A-Za-z0-9_-]+")
-                for ext, payload in (("jpg", s.jpeg), ("cls", str(s.class_id).encode()),
-                                     ("json", dump_json(s.meta).encode())):
-                    tar.addfile(_member(f"{s.key}.{ext}", len(payload)), io.BytesIO(payload))
-                count += 1
+        def put(chunk: bytes) -> None:
+            nonlocal size
+            sha.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+
+        for s in samples:
+            if not KEY_PATTERN.match(s.key):
+                raise ValueError(f"invalid sample key {s.key!r}: keys match [A-Za-z0-9_-]+")
+            for ext, payload in (("jpg", s.jpeg), ("cls", str(s.class_id).encode()),
+                                 ("json", dump_json(s.meta).encode())):
+                put(_header(f"{s.key}.{ext}", len(payload)))
+                put(payload + b"\0" * (-len(payload) % BLOCK))
+            count += 1
+        end = 2 * BLOCK
+        put(b"\0" * (end + (-(size + end) % RECORD)))
     commit(tmp, path)
-    return WrittenShard(count=count, bytes=sink.size, sha256=sink.sha.hexdigest())
+    return WrittenShard(count=count, bytes=size, sha256=sha.hexdigest())
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -15,6 +15,7 @@ back as :class:`Rejected` rows so nothing is lost silently.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tarfile
@@ -25,6 +26,7 @@ from typing import NamedTuple
 from .errors import BeitDataError
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_LENGTH = 90
 
 
 class Entry(NamedTuple):
@@ -58,6 +60,8 @@ def make_key(synset: str | None, name: str) -> str:
     stem = _UNSAFE_KEY_CHARS.sub("_", PurePosixPath(name).name.split(".")[0]) or "_"
     if synset and not stem.startswith(synset):
         stem = f"{_UNSAFE_KEY_CHARS.sub('_', synset)}_{stem}"
+    if len(stem) > MAX_KEY_LENGTH:  # tar member names are at most 100 bytes
+        stem = f"{stem[:MAX_KEY_LENGTH - 17]}_{hashlib.sha256(stem.encode()).hexdigest()[:16]}"
     return stem
 
 

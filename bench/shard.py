@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    from bench.report import report
     from beit_data.corpus import build_train
     from beit_data.imagecheck import check_image
     from pipelines.ray_session import ensure_ray
@@ -62,11 +63,10 @@ def main() -> None:
     t_fast = best_of(args.repeats, lambda: shard_job(False))
     t_check = best_of(args.repeats, lambda: [check_image(d) for d in datas])
     print(f"PIL {PIL.__version__}; {n} JPEGs, {mb:.1f} MB, {args.cpus} CPUs")
-    print(f"baseline tar cf: {n / t_tar:9.0f} images/s")
     for label, t in (("--check decode (default)", t_job), ("--check structure", t_fast)):
-        print(f"shard job {label:25s} {n / t:9.0f} images/s  ({n / t / args.cpus:.0f} images/s per core)"
-              f"  ratio vs tar cf = {t_tar / t:.2f} (goal >= 0.8)")
-    print(f"  decode check alone, 1 core: {n / t_check:9.0f} images/s")
+        report(f"shard job {label}", n / t, "tar cf", n / t_tar, "images/s", goal=0.8)
+        print(f"  {n / t / args.cpus:.0f} images/s per core")
+    print(f"decode check alone, 1 core: {n / t_check:9.0f} images/s")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "tokenize": "jobs.tokenize",
     "convert-tokenizer": "jobs.convert_tokenizer",
     "verify": "jobs.verify",
+    "inspect": "jobs.inspect",
 }
 
 
