@@ -42,9 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.ray_session import ensure_ray
     from pipelines.tokenize import TokenizeOptions, TokenizerSpec, run_tokenize_job
 
-    from tokenizer import load_encoder
-
-    load_encoder(args.weights, trust_pickle=args.trust_pickle)  # one clear error here, before Ray starts
     base = MaskPolicy.for_resolution(args.resolution)
     masks = MaskPolicy(grid=base.grid, num_masking=args.mask_patches or base.num_masking,
                        min_patches=args.mask_min, exact=args.mask_exact)

@@ -32,6 +32,7 @@ from beit_data.progress import Progress
 from beit_data.shards import iter_samples
 from beit_data.sidecars import TOKENS_FORMAT, TOKENS_VERSION, SidecarRows, token_dir, write_sidecar
 from beit_data.views import ViewPolicy, render_views, sample_view, to_tensor_uint8
+from tokenizer import load_tokenizer
 
 from .ray_session import cluster_cpus
 
@@ -95,15 +96,10 @@ class TokenizerActor:
     def __init__(self, spec: TokenizerSpec) -> None:
         import torch
 
-        from tokenizer import load_tokenizer
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle, device=device,
                                         precision=spec.precision)
         self.batch_size = spec.batch_size
-
-    def identity(self) -> dict[str, Any]:
-        return self.tokenizer.identity()
 
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         import torch
@@ -190,16 +186,12 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     shards = image_manifest["splits"][options.split]["shards"]
     if options.views < 1 or options.resolution % 16:
         raise BeitDataError("--views must be >= 1 and --resolution a multiple of 16 (224 or 384)")
+    identity = load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle).identity()  # clear errors, early
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = (1.0 if gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
     n_actors = actors or (int(gpus // gpus_per_actor) if gpus_per_actor else 1)
     actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1)(TokenizerActor)
     pool = [actor_cls.remote(spec) for _ in range(max(1, n_actors))]
-    try:
-        identity = ray.get(pool[0].identity.remote())
-    except ray.exceptions.RayActorError as e:
-        cause = getattr(e, "cause", None) or e
-        raise BeitDataError(str(cause).splitlines()[-1] if str(cause) else repr(cause)) from None
     input_size = options.resolution // 2
     grid = (input_size // identity.get("downsample", 8),) * 2
     token_id = token_id or default_token_id(identity, options.resolution)
