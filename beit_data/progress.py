@@ -52,8 +52,8 @@ class Progress:
         rate = self.done / t
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta_text = _eta(eta) if rate > 0 else "--:--:--"
-        return (f"{self.label}: {self.done}/{self.total} {self.unit} "
-                f"{rate:,.0f} {self.unit}/s {self.bytes / t / 1e6:,.1f} MB/s ETA {eta_text}")
+        mb = f" {self.bytes / t / 1e6:,.1f} MB/s" if self.bytes else ""
+        return f"{self.label}: {self.done}/{self.total} {self.unit} {rate:,.0f} {self.unit}/s{mb} ETA {eta_text}"
 
     def close(self) -> None:
         """Finish the redrawn line."""

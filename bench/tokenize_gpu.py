@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         base_batch = batches[len(batches) // 2]
         baseline = throughput(dall_e_forward, photo_like(base_batch, size, "cuda"), args.seconds)
         reference = DalleTokenizer(encoder, "random-init", device="cuda", precision="fp32", batch_size=base_batch)
-        exact = reference.encode(check).cuda()
-        same = (dall_e_forward(check) == exact).float().mean().item()
+        exact = reference.encode(check).to(torch.int32)
+        same = (dall_e_forward(check).cpu().to(torch.int32) == exact).float().mean().item()
         row("dall_e", base_batch, baseline, baseline, f"{same:.2%}")
         runs = [(p, b, False) for p in ("fp16", "bf16") for b in batches]
         runs += [(p, base_batch, True) for p in ("fp16", "bf16")] if args.compile else []

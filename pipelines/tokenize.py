@@ -98,7 +98,7 @@ class TokenizerActor:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle, device=device,
-                                        precision=spec.precision)
+                                        precision=spec.precision, batch_size=spec.batch_size)
         self.batch_size = spec.batch_size
 
     def encode(self, inputs: np.ndarray) -> np.ndarray:
@@ -190,7 +190,9 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = (1.0 if gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
     n_actors = actors or (int(gpus // gpus_per_actor) if gpus_per_actor else 1)
-    actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else 1)(TokenizerActor)
+    # A CPU actor reserves a CPU only when one is left for the read/render and write tasks.
+    actor_cpus = 0 if gpus_per_actor or cluster_cpus() < 2 else 1
+    actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=actor_cpus)(TokenizerActor)
     pool = [actor_cls.remote(spec) for _ in range(max(1, n_actors))]
     input_size = options.resolution // 2
     grid = (input_size // identity.get("downsample", 8),) * 2

@@ -17,7 +17,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from transformers import PreTrainedModel
+
+from ..errors import BeitDataError
 
 _PREFIX = "step-"
 
@@ -26,14 +28,14 @@ def _checkpoints(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(out_dir: str | Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict, *, keep: int = 2) -> Path:
     """Write the checkpoint for ``state["step"]``, point ``latest`` at it and keep the newest ``keep``."""
     root = _checkpoints(Path(out_dir))
     name = f"{_PREFIX}{state['step']:08d}"
     tmp, final = root / f".{name}.tmp", root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model", max_shard_size="1000GB")
+    model.save_pretrained(tmp / "model")
     torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                tmp / "trainer.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -51,14 +53,15 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_checkpoint(path: str | Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
     """Restore weights, optimiser and schedule from ``path``; return the rest of the trainer state."""
     path = Path(path)
     if not (path / "trainer.pt").is_file():
-        raise ValueError(f"{path}: not a training checkpoint (no trainer.pt); "
+        raise BeitDataError(f"{path}: not a training checkpoint (no trainer.pt); "
                          "pass a checkpoints/step-* folder or the run's out_dir")
-    model.load_state_dict(load_file(path / "model" / "model.safetensors", device=str(next(model.parameters()).device)))
+    # from_pretrained, not the raw file: save_pretrained may write transformers' legacy parameter names
+    model.load_state_dict(type(model).from_pretrained(path / "model").state_dict())
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
@@ -74,7 +77,7 @@ def resume_target(resume: str | None, out_dir: str | Path) -> Path | None:
     path = Path(resume)
     found = path if (path / "trainer.pt").is_file() else latest_checkpoint(path)
     if found is None:
-        raise ValueError(f"{path}: nothing to resume from; pass a checkpoints/step-* folder or a run's out_dir")
+        raise BeitDataError(f"{path}: nothing to resume from; pass a checkpoints/step-* folder or a run's out_dir")
     return found
 
 
@@ -84,5 +87,5 @@ def model_folder(path: str | Path) -> Path:
     for candidate in (path, path / "model", (latest_checkpoint(path) or path) / "model"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise ValueError(f"{path}: no BEiT model here (no config.json); pass a Hugging Face BEiT folder, "
+    raise BeitDataError(f"{path}: no BEiT model here (no config.json); pass a Hugging Face BEiT folder, "
                      "a pretraining out_dir or one of its checkpoints/step-* folders")

@@ -58,9 +58,14 @@ def build_optimizer(model: torch.nn.Module, *, lr: float, min_lr: float, weight_
                     betas: tuple[float, float], total_steps: int, warmup_steps: int, num_layers: int,
                     layer_decay: float = 1.0,
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over :func:`param_groups` and a per-step cosine schedule (``scheduler.step()`` after each update)."""
+    """AdamW over :func:`param_groups` and a per-step cosine schedule (``scheduler.step()`` after each update).
+
+    Build it after the model is on its device: AdamW then uses its fused
+    kernel on CPU and CUDA (several times faster than the per-tensor loop).
+    """
     groups = param_groups(model, lr=lr, weight_decay=weight_decay, num_layers=num_layers, layer_decay=layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
     factor = functools.partial(cosine_factor, total_steps=total_steps, warmup_steps=warmup_steps,
                                min_ratio=min_lr / lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

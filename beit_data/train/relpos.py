@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from scipy.interpolate import RectBivariateSpline
 
+from ..errors import BeitDataError
+
 #: The three extra rows after the grid offsets: cls→token, token→cls, cls→cls.
 NUM_EXTRA = 3
 
@@ -60,7 +62,7 @@ def geometric_offsets(src_len: int, dst_len: int) -> np.ndarray:
     if n == reach:
         return np.arange(-n, n + 1, dtype=np.float64)
     if n == 0:
-        raise ValueError("cannot stretch a 1-offset table")
+        raise BeitDataError("cannot stretch a 1-offset table")
     right = np.cumsum(_growth_ratio(n, reach) ** np.arange(n))
     return np.concatenate([-right[::-1], [0.0], right])
 
@@ -77,7 +79,7 @@ def resize_relative_position_table(table: torch.Tensor, src_window: tuple[int, i
     sh, sw = (2 * s - 1 for s in src_window)
     dh, dw = (2 * d - 1 for d in dst_window)
     if table.shape[0] != sh * sw + NUM_EXTRA:
-        raise ValueError(f"bias table has {table.shape[0]} rows, expected {sh * sw + NUM_EXTRA} "
+        raise BeitDataError(f"bias table has {table.shape[0]} rows, expected {sh * sw + NUM_EXTRA} "
                          f"for a {src_window[0]}x{src_window[1]} window")
     ys, xs = geometric_offsets(sh, dh), geometric_offsets(sw, dw)
     ty = np.arange(-(dh // 2), dh // 2 + 1, dtype=np.float64)
@@ -94,7 +96,7 @@ def resize_position_embeddings(pos: torch.Tensor, dst_grid: tuple[int, int]) -> 
     n = pos.shape[1] - 1
     side = int(round(n ** 0.5))
     if side * side != n:
-        raise ValueError(f"position embeddings of {n} patches are not a square grid")
+        raise BeitDataError(f"position embeddings of {n} patches are not a square grid")
     if (side, side) == tuple(dst_grid):
         return pos
     grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()

@@ -1,0 +1,304 @@
+"""Augmented views for BEiT: seeded sampling, exact replay, and one renderer shared by all callers.
+
+A :class:`View` records everything random about one augmented picture: the crop box in
+source pixels, the horizontal flip, and the colour-jitter factors and their order.
+:func:`sample_view` draws it from ``rng_for(seed, "view", key, view_index, epoch)``, with
+the numbers from BEiT's ``DataAugmentationForBEiT``. The crop follows torchvision's
+``RandomResizedCrop.get_params``: scale (0.08, 1), log-uniform ratio (3/4, 4/3), 10
+attempts, then a centre-crop fallback. The flip has p = 0.5, and the jitter is
+``ColorJitter(0.4, 0.4, 0.4)``, applied in random order. :func:`render_views` turns
+(image, view) into pictures at several sizes from one decode. The tokenize job (112
+lanczos tokenizer input) and the loader (224 bicubic pixels) both call it, so pixels and
+tokens come from the same code.
+
+Where this differs from BEiT on purpose, and why:
+
+* BEiT jitters and flips the whole image, then crops. Here the crop comes first, then the
+  resize, the flip and the jitter, applied to each small picture. Decoding and jittering a
+  whole photo costs far more than the pictures need. Brightness and saturation act on
+  each pixel alone, so they commute with crop, resize and flip up to uint8 rounding.
+  Contrast blends towards the mean grey of the crop instead of the whole image.
+* The box is in source pixels and the flip comes after it. BEiT draws its box on the
+  flipped image; a mirrored box has the same distribution, so the views do too.
+* Crops narrower or shorter than 2 pixels are never drawn: such an attempt counts as
+  failed, and images below 2×2 are rejected. This only changes the distribution for
+  images of under about 40 pixels (default policy).
+* Jitter factors are rounded to float32, as torchvision's are, so sidecars store them
+  exactly.
+* JPEG draft mode (a DCT-domain decode at 1/2, 1/4 or 1/8 scale) is used when the crop is
+  at least twice the largest requested size on both sides. The decision depends only on
+  (image size, view, sizes), so a replay gets the same pixels.
+
+Why pixels and tokens stay consistent: every size of one view is resized from the same
+decoded crop, flipped alike, and jittered with the same factors in the same order.
+Contrast uses one reference grey, taken from the largest picture and shared by all
+sizes, so every picture is the same per-pixel colour map applied to the same region.
+Each picture depends on the whole ``sizes`` list (through the draft scale and the grey),
+so every caller that must match passes the same list, e.g.
+``[(224, "bicubic"), (112, "lanczos")]``. One size alone gives exactly torchvision's
+``resized_crop``, then ``hflip``, then the ``adjust_*`` functions in the view's order,
+on the decoded image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .rng import rng_for
+
+__all__ = [
+    "MIN_CROP",
+    "MAX_PIXELS",
+    "ViewPolicy",
+    "View",
+    "sample_view",
+    "open_image",
+    "draft_scale",
+    "render",
+    "render_views",
+    "to_tensor_uint8",
+]
+
+MIN_CROP = 2
+"""The smallest crop side, in source pixels."""
+
+MAX_PIXELS = 89_478_485
+"""Decompression-bomb limit on width × height (Pillow's default warning threshold)."""
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+_DRAFT_SCALES = (8, 4, 2)
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    """BEiT's augmentation parameters; ``jitter=0`` switches colour jitter off."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: float = 0.4
+    attempts: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"view scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"view ratio must be (low, high) with 0 < low <= high, got {self.ratio}")
+        if not 0 <= self.flip_p <= 1:
+            raise ValueError(f"flip_p must lie in [0, 1], got {self.flip_p}")
+        if self.jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+        if self.attempts < 0:
+            raise ValueError(f"attempts must be >= 0, got {self.attempts}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["scale"], out["ratio"] = list(self.scale), list(self.ratio)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViewPolicy:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown view policy fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class View:
+    """One augmented view. ``box`` is (top, left, height, width) in source pixels, the order
+    of torchvision's ``resized_crop``. ``flip`` mirrors the picture left to right.
+    ``jitter`` holds the brightness, contrast and saturation factors (1.0 = unchanged),
+    and ``jitter_order`` the order they are applied in (0 = brightness, 1 = contrast,
+    2 = saturation)."""
+
+    box: tuple[int, int, int, int]
+    flip: bool = False
+    jitter: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    jitter_order: tuple[int, int, int] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        # accept numpy / Arrow scalars, as read back from a sidecar
+        object.__setattr__(self, "box", tuple(int(v) for v in self.box))
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "jitter", tuple(float(v) for v in self.jitter))
+        object.__setattr__(self, "jitter_order", tuple(int(v) for v in self.jitter_order))
+        if len(self.box) != 4 or min(self.box[:2]) < 0:
+            raise ValueError(f"view box must be (top, left, height, width) with top, left >= 0, got {self.box}")
+        if min(self.box[2:]) < MIN_CROP:
+            raise ValueError(f"view box {self.box} is {self.box[2]}x{self.box[3]} pixels; crops must be at least {MIN_CROP}x{MIN_CROP}")
+        if len(self.jitter) != 3 or min(self.jitter) < 0:
+            raise ValueError(f"view jitter must be three factors >= 0, got {self.jitter}")
+        if sorted(self.jitter_order) != [0, 1, 2]:
+            raise ValueError(f"view jitter_order must be a permutation of (0, 1, 2), got {self.jitter_order}")
+
+
+def _sample_box(rng: np.random.Generator, width: int, height: int, policy: ViewPolicy) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params``, drawing from ``rng``."""
+    area = width * height
+    log_lo, log_hi = math.log(policy.ratio[0]), math.log(policy.ratio[1])
+    for _ in range(policy.attempts):
+        target = area * float(rng.uniform(*policy.scale))
+        aspect = math.exp(float(rng.uniform(log_lo, log_hi)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if MIN_CROP <= w <= width and MIN_CROP <= h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    # centre crop at the nearest allowed aspect
+    if width / height < policy.ratio[0]:
+        w, h = width, round(width / policy.ratio[0])
+    elif width / height > policy.ratio[1]:
+        w, h = round(height * policy.ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_view(
+    seed: int,
+    key: str,
+    view_index: int,
+    width: int,
+    height: int,
+    policy: ViewPolicy = ViewPolicy(),
+    epoch: int = 0,
+) -> View:
+    """The view ``view_index`` of image ``key`` (``width`` × ``height`` pixels): a pure
+    function of its arguments, drawn from ``rng_for(seed, "view", key, view_index, epoch)``.
+    The crop is drawn first, then the flip, then the jitter, so switching jitter off
+    leaves crops and flips unchanged."""
+    if width < MIN_CROP or height < MIN_CROP:
+        raise ValueError(f"image {key!r} is {width}x{height} pixels; a view needs at least {MIN_CROP}x{MIN_CROP}")
+    rng = rng_for(seed, "view", str(key), int(view_index), int(epoch))
+    box = _sample_box(rng, width, height, policy)
+    flip = bool(rng.random() < policy.flip_p)
+    if policy.jitter == 0:
+        return View(box, flip)
+    factors = rng.uniform(max(0.0, 1 - policy.jitter), 1 + policy.jitter, size=3).astype(np.float32)
+    return View(box, flip, tuple(factors.tolist()), tuple(rng.permutation(3).tolist()))
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open encoded image bytes lazily: only the header is read, and nothing is decoded
+    yet. Raises ValueError for bytes that are not an image and for images larger than
+    ``max_pixels`` (decompression-bomb protection)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image refused as a decompression bomb: {err}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"not a readable image ({len(data)} bytes): {err}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"image is {width}x{height} = {width * height} pixels, over the decompression-bomb limit of {max_pixels}; "
+            "pass a larger max_pixels if the image is genuine"
+        )
+    return image
+
+
+def draft_scale(image: Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> int:
+    """The JPEG draft scale :func:`render_views` decodes ``view`` at: the largest of 8, 4 and
+    2 that leaves the crop at least the largest size on both sides, else 1 (a full decode,
+    and always for images that are not JPEGs). Depends only on the format, ``view`` and
+    ``sizes``."""
+    if image.format != "JPEG":
+        return 1
+    side, largest = min(view.box[2:]), max(int(size) for size, _ in sizes)
+    return next((s for s in _DRAFT_SCALES if side >= s * largest), 1)
+
+
+def _decode_crop(image: Image.Image, box: tuple[int, int, int, int], scale: int) -> tuple[Image.Image, tuple[float, float, float, float] | None]:
+    """Decode the RGB region holding ``box``, and give the box within it (None: all of it)."""
+    top, left, h, w = box
+    if scale == 1:
+        hull, inner = (left, top, left + w, top + h), None
+    else:
+        if not getattr(image, "tile", None):
+            raise ValueError("this JPEG is already decoded, so draft mode cannot apply; pass the bytes or a fresh open_image() result")
+        image.draft("RGB", (image.width // scale, image.height // scale))
+        # the decode at 1/scale maps source pixel x to x / scale; crop the whole pixels around the box
+        x0, y0, x1, y1 = left / scale, top / scale, (left + w) / scale, (top + h) / scale
+        hull = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
+        inner = (x0 - hull[0], y0 - hull[1], x1 - hull[0], y1 - hull[1])
+    try:
+        region = image.crop(hull)
+    except OSError as err:
+        raise ValueError(f"cannot decode the {image.format or 'image'} ({image.width}x{image.height}): {err}") from None
+    return (region if region.mode == "RGB" else region.convert("RGB")), inner
+
+
+def _grey_mean(picture: Image.Image) -> int:
+    """Rounded mean of the L-mode picture, as Pillow's ``ImageEnhance.Contrast`` takes it."""
+    histogram = picture.convert("L").histogram()
+    return int(sum(i * c for i, c in enumerate(histogram)) / sum(histogram) + 0.5)
+
+
+def _jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Image.Image]:
+    """Brightness / contrast / saturation in the view's order, as torchvision's ``adjust_*``
+    (Pillow's ``ImageEnhance``) do, with one contrast grey from ``pictures[reference]``."""
+    for op in view.jitter_order:
+        factor = view.jitter[op]
+        if factor == 1.0:
+            continue
+        if op == 0:
+            degenerate = [Image.new("RGB", p.size, 0) for p in pictures]
+        elif op == 1:
+            grey = _grey_mean(pictures[reference])
+            degenerate = [Image.new("RGB", p.size, (grey, grey, grey)) for p in pictures]
+        else:
+            degenerate = [p.convert("L").convert("RGB") for p in pictures]
+        pictures = [Image.blend(d, p, factor) for d, p in zip(degenerate, pictures)]
+    return pictures
+
+
+def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> list[Image.Image]:
+    """Render ``view`` at every ``(size, interpolation)`` in ``sizes`` (RGB, size × size) from
+    one decode: crop, resize, flip, jitter. Bytes are opened with :func:`open_image`. A
+    JPEG, given as bytes or as a not yet decoded image, is decoded in draft mode when the
+    crop is at least twice the largest size; such an image is used up by the call."""
+    sizes = [(int(size), str(interpolation).lower()) for size, interpolation in sizes]
+    if not sizes:
+        raise ValueError("render_views needs at least one (size, interpolation)")
+    for size, interpolation in sizes:
+        if size < 1 or interpolation not in _RESAMPLE:
+            raise ValueError(f"bad picture size {(size, interpolation)}: need a positive size and one of {sorted(_RESAMPLE)}")
+    image = open_image(data_or_image) if isinstance(data_or_image, (bytes, bytearray, memoryview)) else data_or_image
+    decoder = getattr(image, "decoderconfig", ())
+    if image.format == "JPEG" and decoder and decoder[0] > 1:
+        raise ValueError("this image was already decoded in JPEG draft mode by an earlier call; open it again")
+    top, left, h, w = view.box
+    if top + h > image.height or left + w > image.width:
+        raise ValueError(f"view box {view.box} (top, left, height, width) lies outside the {image.width}x{image.height} image")
+    region, inner = _decode_crop(image, view.box, draft_scale(image, view, sizes))
+    pictures = [region.resize((size, size), _RESAMPLE[interpolation], box=inner) for size, interpolation in sizes]
+    if view.flip:
+        pictures = [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in pictures]
+    return _jitter(pictures, view, max(range(len(sizes)), key=lambda i: sizes[i][0]))
+
+
+def render(image: Image.Image, view: View, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """One picture of ``view``: ``render_views(image, view, [(size, interpolation)])[0]``."""
+    return render_views(image, view, [(size, interpolation)])[0]
+
+
+def to_tensor_uint8(image: Image.Image) -> torch.Tensor:
+    """A picture as a (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB"))).permute(2, 0, 1).contiguous()
