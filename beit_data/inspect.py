@@ -104,12 +104,18 @@ def sample_picture(root: Path, split: str = "train", key: str | None = None, ind
     thumb = source.resize((max(1, round(source.width * scale)), max(1, round(source.height * scale))))
     policy = ViewPolicy.from_dict(t["view_policy"])
     columns = 4 + (decode is not None)
-    sheet = Image.new("RGB", (columns * (TILE + 8), rows.views * (TILE + 8) + 24), "white")
+    head = 40
+    sheet = Image.new("RGB", (columns * (TILE + 8), rows.views * (TILE + 8) + head), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 6), f"{key} ({json.loads(parts['json'])['synset']}) - {ids[0]}, policy {policy}"[:160], fill="black")
+    draw.text((4, 4), f"{key} ({json.loads(parts['json'])['synset']}) - token set {ids[0]}, {policy}"[:170],
+              fill="black")
+    titles = ["source + crop box", f"view at {t['resolution']} px", f"mask ({t['grid'][0]}x{t['grid'][1]})",
+              "visual tokens", "dVAE reconstruction"]
+    for c in range(columns):
+        draw.text((c * (TILE + 8) + 4, 22), titles[c], fill=(90, 90, 90))
     masks = unpack_masks(rows.mask[pos], grid)
     for v in range(rows.views):
-        y = 24 + v * (TILE + 8)
+        y = head + v * (TILE + 8)
         view = View(tuple(int(x) for x in rows.box[pos, v]), bool(rows.flip[pos, v]),
                     tuple(float(x) for x in rows.jitter[pos, v]), tuple(int(x) for x in rows.jitter_order[pos, v]))
         top, left, h, w = view.box

@@ -13,6 +13,8 @@ COMMANDS = {
     "shard": "jobs.shard",
     "tokenize": "jobs.tokenize",
     "convert-tokenizer": "jobs.convert_tokenizer",
+    "pretrain": "jobs.pretrain",
+    "finetune": "jobs.finetune",
     "verify": "jobs.verify",
     "inspect": "jobs.inspect",
 }

@@ -101,6 +101,9 @@ class TokenizerActor:
                                         precision=spec.precision, batch_size=spec.batch_size)
         self.batch_size = spec.batch_size
 
+    def identity(self) -> dict[str, Any]:
+        return self.tokenizer.identity()
+
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         import torch
 
@@ -186,7 +189,7 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     shards = image_manifest["splits"][options.split]["shards"]
     if options.views < 1 or options.resolution % 16:
         raise BeitDataError("--views must be >= 1 and --resolution a multiple of 16 (224 or 384)")
-    identity = load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle).identity()  # clear errors, early
+    load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle)  # a bad weights file fails here, in one line
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = (1.0 if gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
     n_actors = actors or (int(gpus // gpus_per_actor) if gpus_per_actor else 1)
@@ -194,6 +197,7 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     actor_cpus = 0 if gpus_per_actor or cluster_cpus() < 2 else 1
     actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=actor_cpus)(TokenizerActor)
     pool = [actor_cls.remote(spec) for _ in range(max(1, n_actors))]
+    identity = ray.get(pool[0].identity.remote())  # as the actors run it (device precision included)
     input_size = options.resolution // 2
     grid = (input_size // identity.get("downsample", 8),) * 2
     token_id = token_id or default_token_id(identity, options.resolution)

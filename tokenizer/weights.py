@@ -81,14 +81,25 @@ def convert_tokenizer(src: str | os.PathLike, dst: str | os.PathLike,
     if not dst.parent.is_dir():
         raise TokenizerError(f"{dst}: folder {dst.parent} does not exist; create it or choose another output path")
     weights = load_encoder(src, trust_pickle=trust_pickle)
-    enc = weights.encoder
-    meta = {"format": "pt", "beit_data": FORMAT_TAG,
-            "source_sha256": weights.source_sha256 or weights.sha256,
-            **{name: str(getattr(enc, name)) for name in HPARAMS}}
+    return save_encoder(weights.encoder, dst, weights.source_sha256 or weights.sha256)
+
+
+def save_encoder(encoder: Encoder, dst: str | os.PathLike, source: str) -> Path:
+    """Write ``encoder`` as safetensors with its hyper-parameters; ``source`` names where it came from."""
+    dst = Path(dst)
+    meta = {"format": "pt", "beit_data": FORMAT_TAG, "source_sha256": source,
+            **{name: str(getattr(encoder, name)) for name in HPARAMS}}
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.write_bytes(_safetensors_bytes(enc.state_dict(), meta))
+    tmp.write_bytes(_safetensors_bytes(encoder.state_dict(), meta))
     os.replace(tmp, dst)
     return dst
+
+
+def seeded_encoder(dst: str | os.PathLike, n_hid: int = 64, vocab_size: int = 8192, seed: int = 0) -> Path:
+    """A randomly initialised ``dall_e.Encoder`` from ``seed``, saved as safetensors (for demos and benchmarks)."""
+    torch.manual_seed(seed)
+    encoder = Encoder(n_hid=n_hid, vocab_size=vocab_size, requires_grad=False)
+    return save_encoder(encoder, dst, f"seeded:n_hid={n_hid},vocab_size={vocab_size},seed={seed}")
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
