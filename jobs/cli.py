@@ -48,3 +48,7 @@ def run_module(module_name: str, argv: list[str] | None = None) -> int:
     """``python -m jobs.X`` entry: the same as ``beit-data X``."""
     name = next(k for k, v in COMMANDS.items() if v == module_name)
     return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

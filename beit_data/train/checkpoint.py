@@ -4,9 +4,9 @@ Layout under a run's ``out_dir``::
 
     checkpoints/step-00001000/model/      save_pretrained(): config.json + model.safetensors
     checkpoints/step-00001000/trainer.pt  optimiser, schedule, step, epoch, batches done, loader states
-    checkpoints/latest                    name of the newest complete checkpoint
 
-A checkpoint is written under a temporary name and renamed when complete;
+A checkpoint is written under a temporary name and renamed when complete, so
+the newest ``step-*`` folder is always a complete one;
 ``trainer.pt`` holds only plain data and tensors and is read with
 ``torch.load(weights_only=True)``.
 """
@@ -40,8 +40,6 @@ def save_checkpoint(out_dir: str | Path, model: PreTrainedModel, optimizer: torc
                tmp / "trainer.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    (root / "latest.tmp").write_text(name)
-    os.replace(root / "latest.tmp", root / "latest")
     for old in sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir())[:-keep]:
         shutil.rmtree(old)
     return final
@@ -49,8 +47,8 @@ def save_checkpoint(out_dir: str | Path, model: PreTrainedModel, optimizer: torc
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
-    pointer = _checkpoints(Path(out_dir)) / "latest"
-    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
+    found = sorted(p for p in _checkpoints(Path(out_dir)).glob(f"{_PREFIX}*") if (p / "trainer.pt").is_file())
+    return found[-1] if found else None
 
 
 def load_checkpoint(path: str | Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
