@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,25 +77,29 @@ def test_verify_catches_a_flipped_byte_in_a_sidecar(demo, tmp_path):
     assert proc.returncode == 1 and sidecar.name in proc.stdout and "sha256" in proc.stdout
 
 
-def test_pretrain_cli_resumes_exactly(demo, tmp_path):
+def test_pretrain_cli_resumes_exactly_after_kill_9(demo, tmp_path):
     out, _ = demo
-    args = ["pretrain", str(out / "data"), "--tokens", "demo", "--model", "tiny", "--epochs", "2",
+    args = ["pretrain", str(out / "data"), "--tokens", "demo", "--model", "tiny", "--epochs", "3",
             "--batch-size", "4", "--num-workers", "0", "--warmup-epochs", "0", "--log-every", "1",
             "--save-every", "3", "--lr", "1e-3"]
     full = beit_data(*args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr[-2000:]
-    first = beit_data(*args, "--out", str(tmp_path / "cut"))
-    assert first.returncode == 0
-    checkpoints = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))
-    for later in checkpoints[1:]:  # keep the step-3 checkpoint only: as if killed right after it
-        shutil.rmtree(later)
-    log = tmp_path / "cut" / "log.jsonl"
-    log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if json.loads(line)["step"] <= 3))
-    resumed = beit_data(*args, "--out", str(tmp_path / "cut"))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    victim = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--out", str(tmp_path / "cut")], cwd=REPO,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "cut" / "checkpoints" / "step-00000003" / "trainer.pt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
 
-    def losses(run: Path) -> dict[int, float]:
+    def losses(run: Path) -> dict[int, float]:  # the last value logged for each step
         rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) > 3
+    total = max(losses(tmp_path / "full"))
+    assert first.exists() and max(losses(tmp_path / "cut")) < total, "the kill must land mid-run"
+    resumed = beit_data(*args, "--out", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
