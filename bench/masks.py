@@ -28,17 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def best_rates(repeats: int, timed: dict[str, tuple[int, Callable[[], object]]]) -> dict[str, float]:
-    """Items per CPU second of each ``name: (items, fn)``, best of ``repeats`` turns taken in rotation."""
-    best = dict.fromkeys(timed, float("inf"))
-    for _ in range(repeats):
-        for name, (_, fn) in timed.items():
-            start = time.process_time()
-            fn()
-            best[name] = min(best[name], time.process_time() - start)
-    return {name: count / best[name] for name, (count, _) in timed.items()}
-
-
 def gpu_rate(count: int, repeats: int, fn: Callable[[], object]) -> float:
     """Items per wall second of the fastest of ``repeats`` calls of ``fn``, after one warm-up."""
     import torch
@@ -65,7 +54,7 @@ def main() -> None:
     import torch
 
     from beit_data.masks import MaskPolicy, generate_masks, generate_masks_torch, masks_for, reference_mask
-    from bench.report import report
+    from bench.report import best_rates, report
 
     torch.set_num_threads(1)
     for resolution in (224, 384):

@@ -20,8 +20,6 @@ import argparse
 import io
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -66,17 +64,6 @@ def make_photos(folder: Path) -> dict[str, list[bytes]]:
     return groups
 
 
-def best_rates(repeats: int, timed: dict[str, tuple[int, Callable[[], object]]]) -> dict[str, float]:
-    """Items per CPU second of each ``name: (items, fn)``, best of ``repeats`` turns taken in rotation."""
-    best = dict.fromkeys(timed, float("inf"))
-    for _ in range(repeats):
-        for name, (_, fn) in timed.items():
-            start = time.process_time()
-            fn()
-            best[name] = min(best[name], time.process_time() - start)
-    return {name: count / best[name] for name, (count, _) in timed.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -89,7 +76,7 @@ def main() -> None:
     from torchvision import transforms
 
     from beit_data.views import draft_scale, open_image, render_views, sample_view
-    from bench.report import report
+    from bench.report import best_rates, report
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
