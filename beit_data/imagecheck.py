@@ -22,6 +22,7 @@ from .errors import Quarantined
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 REPAIR_QUALITY = 95
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's multi-picture JPEG; its bytes decode as a plain JPEG
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool 
     if not data:
         raise Quarantined("empty file (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow itself refuses 2x this before reading pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -56,7 +58,7 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool 
     if width < 1 or height < 1:
         raise Quarantined(f"empty image: {width}x{height}")
     fmt, mode = im.format, im.mode
-    if fmt == "JPEG" and mode == "RGB":
+    if fmt in JPEG_FORMATS and mode == "RGB":
         if decode:
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             _decode(im, "JPEG")
