@@ -42,8 +42,10 @@ on the decoded image.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -246,27 +248,120 @@ def _decode_crop(image: Image.Image, box: tuple[int, int, int, int], scale: int)
 
 
 def _grey_mean(picture: Image.Image) -> int:
-    """Rounded mean of the L-mode picture, as Pillow's ``ImageEnhance.Contrast`` takes it."""
-    histogram = picture.convert("L").histogram()
-    return int(sum(i * c for i, c in enumerate(histogram)) / sum(histogram) + 0.5)
+    """Rounded mean of the L-mode picture, as Pillow's ``ImageEnhance.Contrast`` takes it (there from the
+    histogram; the sum of the grey bytes is the same integer)."""
+    grey = picture.convert("L")
+    count = grey.width * grey.height
+    total = int(np.frombuffer(grey.tobytes(), np.uint8).sum(dtype=np.uint32 if count < 1 << 24 else np.uint64))
+    return int(total / count + 0.5)
+
+
+# Colour jitter, fast and bit-exact. torchvision's adjust_brightness / adjust_contrast / adjust_saturation are
+# Pillow's ImageEnhance, i.e. Image.blend(degenerate, picture, factor), which computes every byte as
+# float32 ``d + factor * (p - d)`` (one rounding after the product, one after the sum), then clips to
+# [0, 255] and truncates. Brightness (d = 0) and contrast (d = one grey for the whole picture) are maps of
+# the byte value alone: their 256-entry tables come from Image.blend itself run on a ramp of all 256 values,
+# so they are exact by construction, and consecutive tables compose into one lookup. Saturation blends each
+# channel with the pixel's own grey (Pillow's convert("L"), kept as is), so it has no table; it is the same
+# float32 arithmetic done with numpy on the colour planes, which rounds the same way (IEEE single, no fused
+# multiply-add; Pillow's blend loop is scalar float32 code), checked against Image.blend on all 65536
+# (grey, value) pairs in tests/test_views.py. A brightness right after a saturation is done there too.
+_RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))  # Image.blend works byte by byte, whatever the mode
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(grey: int) -> Image.Image:
+    return Image.new("L", _RAMP.size, grey)
+
+
+def _blend_table(grey: int, factor: float) -> bytes:
+    """What ``Image.blend(constant grey, picture, factor)`` makes of each byte value 0..255."""
+    return Image.blend(_constant(grey), _RAMP, factor).tobytes()
+
+
+def _apply_table(picture: Image.Image, table: bytes) -> Image.Image:
+    """``picture.point(table * 3)`` without ``Image.point``'s per-call rounding of the 768 entries."""
+    return picture._new(picture.im.point(table * 3, None))
+
+
+def _blend_float32(x: np.ndarray, base: np.ndarray | None, factor: float) -> None:
+    """``x`` (float32 bytes) := what Image.blend(base, x, factor) stores, before the truncation to uint8
+    (``base`` None: black)."""
+    if base is not None:
+        x -= base  # exact: small integers
+    x *= np.float32(factor)  # float32 product, rounded once
+    if base is not None:
+        x += base  # float32 sum, rounded once (0 + y is y)
+    if not 0.0 <= factor <= 1.0:  # Image.blend clips only here (between 0 and 1 the bytes stay in range)
+        np.clip(x, 0.0, 255.0, out=x)
+
+
+def _in_float32_range(factor: float) -> bool:
+    return abs(factor) <= 1e30  # near or past float32's range, or NaN: left to Pillow
+
+
+_scratch = threading.local()
+
+
+def _scratch_planes(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's float32 grey and work plane and uint8 result planes for ``count`` pixels, kept from call to
+    call (fresh ones would be fresh memory each time: page faults and cache misses)."""
+    cache = getattr(_scratch, "planes", None)
+    if cache is None:
+        cache = _scratch.planes = {}
+    arrays = cache.get(count)
+    if arrays is None:
+        if len(cache) >= 4:
+            cache.clear()
+        arrays = cache[count] = (np.empty(count, np.float32), np.empty(count, np.float32), np.empty((3, count), np.uint8))
+    return arrays
+
+
+def _saturate(picture: Image.Image, factor: float, brightness: float = 1.0) -> Image.Image:
+    """``Image.blend(picture.convert("L").convert("RGB"), picture, factor)`` (``ImageEnhance.Color``), then
+    ``Image.blend(black, that, brightness)`` unless ``brightness`` is 1: the same bytes."""
+    if not (_in_float32_range(factor) and _in_float32_range(brightness)):
+        picture = Image.blend(picture.convert("L").convert("RGB"), picture, factor)
+        return picture if brightness == 1.0 else Image.blend(Image.new("RGB", picture.size, 0), picture, brightness)
+    width, height = picture.size
+    grey, x, planes = _scratch_planes(width * height)
+    np.copyto(grey, np.frombuffer(picture.convert("L").tobytes(), np.uint8))
+    for plane, band in zip(planes, "RGB"):  # a plane at a time: the float32 work stays in cache
+        np.copyto(x, np.frombuffer(picture.tobytes("raw", band), np.uint8))
+        _blend_float32(x, grey, factor)
+        if brightness != 1.0:
+            np.floor(x, out=x)  # the saturated bytes (all >= 0, so truncation is the floor)
+            _blend_float32(x, None, brightness)
+        np.copyto(plane, x, casting="unsafe")  # truncation, as Image.blend's cast
+    # Image.merge copies the planes into a new picture, so they can be used again
+    return Image.merge("RGB", [Image.frombuffer("L", (width, height), plane, "raw", "L", 0, 1) for plane in planes])
 
 
 def _jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Image.Image]:
     """Brightness / contrast / saturation in the view's order, as torchvision's ``adjust_*``
-    (Pillow's ``ImageEnhance``) do, with one contrast grey from ``pictures[reference]``."""
-    for op in view.jitter_order:
-        factor = view.jitter[op]
-        if factor == 1.0:
-            continue
+    (Pillow's ``ImageEnhance``) do, with one contrast grey from ``pictures[reference]``.
+
+    Byte for byte what one ``Image.blend(degenerate, picture, factor)`` per step and picture gives (the plain
+    form, kept in tests/test_views.py), faster: runs of brightness and contrast become one table lookup (the
+    grey a contrast needs is taken from the reference picture with the pending table applied), and a
+    brightness right after a saturation is done in the saturation's arithmetic."""
+    steps = [(op, view.jitter[op]) for op in view.jitter_order if view.jitter[op] != 1.0]
+    table: bytes | None = None  # brightness / contrast still to apply to every picture
+    while steps:
+        op, factor = steps.pop(0)
         if op == 0:
-            degenerate = [Image.new("RGB", p.size, 0) for p in pictures]
+            step = _blend_table(0, factor)
         elif op == 1:
-            grey = _grey_mean(pictures[reference])
-            degenerate = [Image.new("RGB", p.size, (grey, grey, grey)) for p in pictures]
+            shown = pictures[reference] if table is None else _apply_table(pictures[reference], table)
+            step = _blend_table(_grey_mean(shown), factor)
         else:
-            degenerate = [p.convert("L").convert("RGB") for p in pictures]
-        pictures = [Image.blend(d, p, factor) for d, p in zip(degenerate, pictures)]
-    return pictures
+            if table is not None:
+                pictures, table = [_apply_table(p, table) for p in pictures], None
+            brightness = steps.pop(0)[1] if steps and steps[0][0] == 0 else 1.0
+            pictures = [_saturate(p, factor, brightness) for p in pictures]
+            continue
+        table = step if table is None else table.translate(step)
+    return pictures if table is None else [_apply_table(p, table) for p in pictures]
 
 
 def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> list[Image.Image]:
@@ -301,4 +396,11 @@ def render(image: Image.Image, view: View, size: int, interpolation: str = "bicu
 
 def to_tensor_uint8(image: Image.Image) -> torch.Tensor:
     """A picture as a (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    picture = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = picture.size
+    tensor = torch.empty((3, height, width), dtype=torch.uint8)
+    if width and height:
+        # plane by plane (Pillow packs one band alone): no (H, W, 3) -> (3, H, W) transpose to pay for
+        for plane, band in zip(tensor.numpy().reshape(3, -1), "RGB"):
+            plane[:] = np.frombuffer(picture.tobytes("raw", band), np.uint8)
+    return tensor

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,15 +91,44 @@ def prepare_shard(root: str, shard: str, options: TokenizeOptions,
     return views, np.stack(inputs) if inputs else np.zeros((0, 3, input_size, input_size), np.uint8)
 
 
-class TokenizerActor:
-    """Holds one tokenizer (on a GPU when it has one) and encodes whole shards in batches."""
+CPU_CHUNK_BYTES = 16 << 20
+"""On the CPU the encoder runs in chunks whose widest activation (n_hid x input_size^2 float32
+per picture) stays within about this many bytes: 4 pictures for n_hid=64 at 112 px, 1 for the
+full-size n_hid=256. Large CPU batches spill the caches: batch 64 costs 1.6x the CPU time per
+picture of batch 4 with the small encoder (bench/tokenize.py). CPU tokens do not depend on the
+batch they come in (no padding there), so this changes speed, not bytes."""
 
-    def __init__(self, spec: TokenizerSpec) -> None:
+
+def cpu_batch_size(encoder: Any, input_size: int, limit: int | None = None) -> int:
+    """Pictures per encoder call on the CPU: see :data:`CPU_CHUNK_BYTES` (at most ``limit``)."""
+    per_picture = 4 * int(getattr(encoder, "n_hid", 256)) * input_size * input_size
+    size = max(1, CPU_CHUNK_BYTES // per_picture)
+    size = 1 << (size.bit_length() - 1)  # a power of two
+    return max(1, min(size, limit or size))
+
+
+def _node_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class TokenizerActor:
+    """Holds one tokenizer (on a GPU when it has one) and encodes whole shards in batches.
+
+    On the CPU it runs torch on ``threads`` threads (default: every CPU of its node; Ray
+    itself would leave a 1-CPU actor on one thread) and encodes in cache-sized chunks
+    (:func:`cpu_batch_size`, at most ``spec.batch_size``)."""
+
+    def __init__(self, spec: TokenizerSpec, threads: int | None = None) -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(spec.weights, trust_pickle=spec.trust_pickle, device=device,
                                         precision=spec.precision, batch_size=spec.batch_size)
+        if device == "cpu":
+            torch.set_num_threads(max(1, min(threads or _node_cpus(), _node_cpus())))
         self.batch_size = spec.batch_size
 
     def identity(self) -> dict[str, Any]:
@@ -107,10 +137,14 @@ class TokenizerActor:
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         import torch
 
-        out = [self.tokenizer.encode(torch.from_numpy(inputs[i:i + self.batch_size])).cpu().numpy()
-               for i in range(0, len(inputs), self.batch_size)]
         n = len(inputs)
-        return np.concatenate(out).reshape(n, -1).astype(np.uint16) if out else np.zeros((0, 0), np.uint16)
+        if not n:
+            return np.zeros((0, 0), np.uint16)
+        if self.tokenizer.device.type == "cpu":
+            self.tokenizer.batch_size = cpu_batch_size(self.tokenizer.encoder, inputs.shape[-1], self.batch_size)
+        # one call: the tokenizer chunks (and on CUDA pads) by its batch_size exactly as before,
+        # but the host no longer waits for each chunk's tokens before queueing the next one
+        return self.tokenizer.encode(torch.from_numpy(inputs)).numpy().reshape(n, -1)
 
 
 def write_sidecar_task(root: str, token_id: str, shard: dict[str, Any], prepared: dict[str, Any],
@@ -193,10 +227,20 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = (1.0 if gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
     n_actors = actors or (int(gpus // gpus_per_actor) if gpus_per_actor else 1)
-    # A CPU actor reserves a CPU only when one is left for the read/render and write tasks.
-    actor_cpus = 0 if gpus_per_actor or cluster_cpus() < 2 else 1
-    actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=actor_cpus)(TokenizerActor)
-    pool = [actor_cls.remote(spec) for _ in range(max(1, n_actors))]
+    # A CPU actor reserves a CPU only when one is left for the read/render and write tasks
+    # (reserving all of them, e.g. --actors 2 on 2 CPUs, would leave those tasks waiting forever).
+    actor_cpus = 0 if gpus_per_actor or cluster_cpus() <= max(1, n_actors) else 1
+    # CPU actors share the CPUs between them as torch threads (Ray alone would give a 1-CPU actor
+    # one thread; the read/render and write tasks are a few percent of the work next to a CPU
+    # encoder). Their OpenMP threads sleep rather than spin while they wait, so a busy core
+    # (those tasks, or anything else on the machine) slows them down instead of stalling them.
+    threads, runtime_env = None, None
+    if not gpus_per_actor:
+        threads = max(1, cluster_cpus() // max(1, n_actors))
+        if "OMP_WAIT_POLICY" not in os.environ:
+            runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    actor_cls = ray.remote(num_gpus=gpus_per_actor, num_cpus=actor_cpus, runtime_env=runtime_env)(TokenizerActor)
+    pool = [actor_cls.remote(spec, threads) for _ in range(max(1, n_actors))]
     identity = ray.get(pool[0].identity.remote())  # as the actors run it (device precision included)
     input_size = options.resolution // 2
     grid = (input_size // identity.get("downsample", 8),) * 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -247,3 +248,269 @@ def test_open_image_is_lazy_and_to_tensor() -> None:
     grey = to_tensor_uint8(Image.new("L", (5, 4), 7))
     assert grey.shape == (3, 4, 5) and int(grey.min()) == int(grey.max()) == 7
     assert np.array_equal(tensor.permute(1, 2, 0).numpy(), np.asarray(render(open_image(data), View((0, 0, 240, 320)), 32)))
+
+
+# --- colour jitter: the fast path is byte for byte the plain one (one Image.blend per step and picture) ---
+
+def blend_jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Image.Image]:
+    """Brightness / contrast / saturation as ImageEnhance does them, one Image.blend each: the reference."""
+    for op in view.jitter_order:
+        factor = view.jitter[op]
+        if factor == 1.0:
+            continue
+        if op == 0:
+            degenerate = [Image.new("RGB", p.size, 0) for p in pictures]
+        elif op == 1:
+            histogram = pictures[reference].convert("L").histogram()
+            grey = int(sum(i * c for i, c in enumerate(histogram)) / sum(histogram) + 0.5)
+            degenerate = [Image.new("RGB", p.size, (grey, grey, grey)) for p in pictures]
+        else:
+            degenerate = [p.convert("L").convert("RGB") for p in pictures]
+        pictures = [Image.blend(d, p, factor) for d, p in zip(degenerate, pictures)]
+    return pictures
+
+
+EXTREME_FACTORS = [0.0, 1e-30, 1e-7, 0.001, 0.5, 0.6, 0.99999994, 1.0, 1.0000001, 1.4, 2.0, 3.5, 10.0, 255.0, 1e6,
+                   1e30, 1e31]
+
+
+def random_picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Noise, a smooth photo or a saturated, clipped mix, so grey, clipping and rounding all show."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if kind == 1:
+        return photo(width, height, int(rng.integers(1000)))
+    pixels = rng.choice(np.array([0, 1, 2, 127, 128, 253, 254, 255], np.uint8), (height, width, 3))
+    return Image.fromarray(pixels)
+
+
+def test_jitter_equals_plain_blends_in_every_order() -> None:
+    from beit_data.views import _jitter
+
+    rng = np.random.default_rng(11)
+    orders = list(itertools.permutations(range(3)))
+    for trial in range(600):
+        order = orders[trial % 6]
+        if trial % 3 == 0:  # the view distribution (float32 factors in [0.6, 1.4])
+            factors = rng.uniform(0.6, 1.4, 3).astype(np.float32).tolist()
+        else:
+            factors = [float(rng.choice(EXTREME_FACTORS)) if rng.random() < 0.5 else float(np.float32(rng.uniform(0, 3)))
+                       for _ in range(3)]
+        width, height = (int(v) for v in rng.integers(1, 70, 2))
+        pictures = [random_picture(rng, width, height)]
+        if rng.random() < 0.5:  # a second size, as render_views makes for [(224, ...), (112, ...)]
+            pictures.append(random_picture(rng, max(1, width // 2), max(1, height // 2 + 1)))
+        view = View((0, 0, 2, 2), False, tuple(factors), order)
+        reference = int(rng.integers(len(pictures)))
+        got, expected = _jitter(pictures, view, reference), blend_jitter(pictures, view, reference)
+        for g, e in zip(got, expected):
+            assert g.mode == "RGB" and g.size == e.size
+            assert np.array_equal(np.asarray(g), np.asarray(e)), (view, reference, [p.size for p in pictures])
+
+
+def test_render_views_jitter_equals_plain_blends() -> None:
+    image = photo(640, 480, seed=6)
+    jpeg = encode(photo(800, 600, seed=7), "JPEG")
+    for i in range(60):
+        view = sample_view(5, f"k{i}", 0, 640, 480)
+        plain = render_views(image, View(view.box, view.flip), PAIR)
+        for got, expected in zip(render_views(image, view, PAIR), blend_jitter(plain, view, 0)):
+            assert np.array_equal(np.asarray(got), np.asarray(expected))
+        view = sample_view(5, f"j{i}", 0, 800, 600)
+        plain = render_views(jpeg, View(view.box, view.flip), PAIR)
+        for got, expected in zip(render_views(jpeg, view, PAIR), blend_jitter(plain, view, 0)):
+            assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_jitter_arithmetic_on_every_grey_and_value() -> None:
+    """The float32 arithmetic that stands in for Image.blend in saturation (and a brightness after it), on all
+    65536 (grey, value) byte pairs, for many factors; the tables come from Image.blend itself."""
+    from beit_data.views import _blend_float32, _blend_table
+
+    grey, value = (a.astype(np.uint8) for a in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    grey_image, value_image = Image.fromarray(grey), Image.fromarray(value)
+    black = Image.new("L", value_image.size, 0)
+    rng = np.random.default_rng(12)
+    factors = (EXTREME_FACTORS[:-1] + rng.uniform(0.6, 1.4, 400).astype(np.float32).tolist()
+               + rng.uniform(0, 4, 200).astype(np.float32).tolist() + np.linspace(0.59, 1.41, 300).tolist()
+               + [float(np.nextafter(np.float32(f), np.float32(d))) for f in (0.6, 1.0, 1.4) for d in (0, 2)])
+    out = np.empty(value.shape, np.uint8)
+    for factor in factors:
+        for base, degenerate in ((grey, grey_image), (None, black)):
+            x = value.astype(np.float32)
+            _blend_float32(x, None if base is None else base.astype(np.float32), factor)
+            np.copyto(out, x, casting="unsafe")
+            assert np.array_equal(out, np.asarray(Image.blend(degenerate, value_image, factor))), (factor, base is None)
+        table = np.frombuffer(_blend_table(int(rng.integers(256)), factor), np.uint8)
+        assert table.shape == (256,)
+
+
+def test_jitter_tables_and_saturation_match_image_blend() -> None:
+    from beit_data.views import _apply_table, _blend_table, _saturate
+
+    rng = np.random.default_rng(13)
+    for trial in range(120):
+        picture = random_picture(rng, int(rng.integers(1, 90)), int(rng.integers(1, 90)))
+        factor = float(rng.choice(EXTREME_FACTORS)) if trial % 2 else float(np.float32(rng.uniform(0, 2)))
+        grey = int(rng.integers(256))
+        expected = Image.blend(Image.new("RGB", picture.size, (grey,) * 3), picture, factor)
+        assert np.array_equal(np.asarray(_apply_table(picture, _blend_table(grey, factor))), np.asarray(expected))
+        saturated = Image.blend(picture.convert("L").convert("RGB"), picture, factor)
+        assert np.array_equal(np.asarray(_saturate(picture, factor)), np.asarray(saturated))
+        brightness = float(np.float32(rng.uniform(0, 2)))
+        both = Image.blend(Image.new("RGB", picture.size, 0), saturated, brightness)
+        assert np.array_equal(np.asarray(_saturate(picture, factor, brightness)), np.asarray(both))
+
+
+def test_to_tensor_uint8_layout_and_modes() -> None:
+    rng = np.random.default_rng(14)
+    for width, height in [(1, 1), (3, 5), (31, 17), (224, 224)]:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tensor = to_tensor_uint8(Image.fromarray(pixels))
+        assert tensor.shape == (3, height, width) and tensor.is_contiguous() and tensor.dtype == torch.uint8
+        assert np.array_equal(tensor.numpy(), pixels.transpose(2, 0, 1))
+        tensor[0, 0, 0] = 1  # writable, and its own memory
+    for mode in ("RGBA", "P", "I", "1", "CMYK"):
+        image = Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).convert(mode)
+        expected = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(to_tensor_uint8(image).numpy(), expected)
+    assert to_tensor_uint8(Image.new("RGB", (0, 5))).shape == (3, 5, 0)
+
+
+# --- shard reader: the direct ustar reader reads what tarfile's stream mode reads, and fails where it fails ---
+
+def tarfile_samples(fileobj, source: str = "shard"):
+    """iter_samples as it was, on tarfile's stream mode: the reference for the direct reader."""
+    import tarfile
+
+    from beit_data.shards import ShardReadError
+
+    current, parts = None, {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if key != current:
+                    if current is not None:
+                        yield current, parts
+                    current, parts = key, {}
+                parts[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardReadError(f"image shard {source} is truncated or corrupt ({e}): "
+                             "check it with 'beit-data verify' and rerun 'beit-data shard' to rewrite it") from None
+    if current is not None:
+        yield current, parts
+
+
+def read_outcome(reader, data: bytes, wrap=io.BytesIO):
+    """Every sample ``reader`` yields from ``data``, then how it ended (None, or the error message)."""
+    from beit_data.shards import ShardReadError
+
+    got = []
+    try:
+        for key, parts in reader(wrap(data), "s"):
+            got.append((key, dict(parts)))
+    except ShardReadError as e:
+        return got, str(e)
+    return got, None
+
+
+class Trickle(io.RawIOBase):
+    """A raw stream that returns at most 37 bytes a read, as a socket or pipe may."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(min(size, 37) if size is not None and size >= 0 else -1)
+
+
+def tar_archives(tmp_path) -> dict[str, bytes]:
+    import tarfile
+
+    from beit_data.shards import Sample, write_shard
+
+    rng = np.random.default_rng(15)
+    ours = tmp_path / "ours.tar"
+    write_shard(ours, [Sample(f"k{i}", rng.integers(0, 256, int(rng.integers(0, 1300)), dtype=np.uint8).tobytes(), i,
+                              {"key": f"k{i}"}) for i in range(6)])
+    archives = {"ours": ours.read_bytes()}
+    for name, fmt in (("ustar", tarfile.USTAR_FORMAT), ("gnu", tarfile.GNU_FORMAT), ("pax", tarfile.PAX_FORMAT)):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+            def add(member: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+                info = tarfile.TarInfo(member)
+                info.type, info.linkname, info.size = kind, link, len(data) if kind in tarfile.REGULAR_TYPES else 0
+                tar.addfile(info, io.BytesIO(data) if kind in tarfile.REGULAR_TYPES else None)
+
+            add("a.jpg", b"x" * 700)
+            add("a.cls", b"1")
+            add("dir", kind=tarfile.DIRTYPE)
+            add("a.json", b"{}")
+            add("b.jpg")
+            add("link", kind=tarfile.SYMTYPE, link="a.jpg")
+            add("hard", kind=tarfile.LNKTYPE, link="a.cls")
+            add("sub/" + "p" * 90 + "/c.jpg", b"y" * 512)  # a ustar prefix
+            add("c.cls", b"2", kind=tarfile.CONTTYPE)
+            if fmt != tarfile.USTAR_FORMAT:
+                add("d" * 120 + ".jpg", b"z" * 1025)  # a GNU long name / a pax path
+                add("é.cls", b"3")
+                add("e.jpg", b"q" * 5)
+        archives[name] = buffer.getvalue()
+    pax_first = io.BytesIO()
+    with tarfile.open(fileobj=pax_first, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f" * 150 + ".jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    archives["pax-first"] = pax_first.getvalue()
+    archives["empty"], archives["zeros"], archives["short"] = b"", bytes(10240), b"\0" * 100
+    return archives
+
+
+def test_shard_reader_matches_tarfile_on_valid_truncated_and_corrupt_archives(tmp_path) -> None:
+    from beit_data.shards import iter_samples
+
+    rng = np.random.default_rng(16)
+    for name, data in tar_archives(tmp_path).items():
+        assert read_outcome(iter_samples, data) == read_outcome(tarfile_samples, data), name
+        assert read_outcome(iter_samples, data, Trickle) == read_outcome(tarfile_samples, data), name
+        cuts = set(range(0, min(len(data), 3000), 7)) | {int(c) for c in rng.integers(0, len(data) + 1, 150)}
+        cuts |= {b * 512 + d for b in range(len(data) // 512 + 1) for d in (-1, 0, 1, 156, 511) if 0 <= b * 512 + d <= len(data)}
+        for cut in sorted(cuts):
+            assert read_outcome(iter_samples, data[:cut]) == read_outcome(tarfile_samples, data[:cut]), (name, cut)
+        for _ in range(300 if len(data) >= 512 else 0):  # corrupt header bytes: checksum, type, size, numbers, names
+            broken = bytearray(data)
+            for _ in range(int(rng.integers(1, 4))):
+                block = int(rng.integers(len(broken) // 512)) * 512
+                at = block + int(rng.choice([0, 99, 100, 110, 124, 130, 135, 148, 150, 155, 156, 257, 329, 345,
+                                             int(rng.integers(512))]))
+                broken[min(at, len(broken) - 1)] = int(rng.choice([0, 32, 48, 55, 56, 0x80, 0xFF, ord("L"), ord("x"),
+                                                                   ord("g"), ord("5"), ord("S"), ord("V"),
+                                                                   int(rng.integers(256))]))
+            broken = bytes(broken)
+            assert read_outcome(iter_samples, broken) == read_outcome(tarfile_samples, broken), name
+
+
+def test_shard_reader_reads_written_shards(tmp_path) -> None:
+    from beit_data.shards import Sample, ShardReadError, iter_samples, write_shard
+
+    samples = [Sample(f"n0_{i}", bytes([i]) * (i * 300), i, {"key": f"n0_{i}"}) for i in range(5)]
+    write_shard(tmp_path / "s.tar", samples)
+    data = (tmp_path / "s.tar").read_bytes()
+    got = list(iter_samples(io.BytesIO(data)))
+    assert [k for k, _ in got] == [s.key for s in samples]
+    assert all(parts["jpg"] == s.jpeg and parts["cls"] == str(s.class_id).encode() for (_, parts), s in zip(got, samples))
+    inside = data.index(b"n0_4.jpg") + 512 + 100  # in the last picture's bytes
+    with pytest.raises(ShardReadError, match=r"image shard s\.tar is truncated or corrupt \(unexpected end of data\)"):
+        list(iter_samples(io.BytesIO(data[:inside]), "s.tar"))
+    assert [k for k, _ in iter_samples(io.BytesIO(data[:data.index(b"n0_4.jpg")]))] == [s.key for s in samples[:4]]
+    bad = bytearray(data)
+    bad[148] ^= 1  # the first header's checksum
+    with pytest.raises(ShardReadError, match="bad checksum"):
+        list(iter_samples(io.BytesIO(bytes(bad))))
