@@ -27,7 +27,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory or 256 * 1024 * 1024,
+    # 2 GiB holds the rendered inputs of ~25 in-flight shards of 1000 images at 112 px
+    ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory or 2 * 1024 ** 3,
              include_dashboard=False, log_to_driver=False,
              _temp_dir=os.environ.get("BEIT_DATA_RAY_TMP"))
 

@@ -4,7 +4,8 @@ Per image shard, a CPU task reads the tar, samples K views per image and
 renders each view's tokenizer input with the shared ``render_views`` (the same
 call the loader makes for pixels); an actor pool (one GPU per actor when the
 cluster has GPUs, CPU actors otherwise) encodes the whole shard in large
-batches; a CPU task adds the blockwise masks and writes the Parquet sidecar
+batches (a CPU actor: on its share of the CPUs as torch threads, in cache-sized
+chunks); a CPU task adds the blockwise masks and writes the Parquet sidecar
 atomically with a small record under ``ROOT/.state``. At most ``window`` shards
 are in flight, so memory is bounded by about
 ``window x samples_per_shard x K x 3 x input_size^2`` bytes of rendered inputs
