@@ -264,8 +264,9 @@ def _grey_mean(picture: Image.Image) -> int:
 # so they are exact by construction, and consecutive tables compose into one lookup. Saturation blends each
 # channel with the pixel's own grey (Pillow's convert("L"), kept as is), so it has no table; it is the same
 # float32 arithmetic done with numpy on the colour planes, which rounds the same way (IEEE single, no fused
-# multiply-add; Pillow's blend loop is scalar float32 code), checked against Image.blend on all 65536
-# (grey, value) pairs in tests/test_views.py. A brightness right after a saturation is done there too.
+# multiply-add, as Pillow's scalar blend loop): checked against this Pillow's Image.blend once per process
+# (else saturation uses Image.blend itself), and on all 65536 (grey, value) pairs for many factors in
+# tests/test_views.py. A brightness right after a saturation is done in the same arithmetic.
 _RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))  # Image.blend works byte by byte, whatever the mode
 
 
@@ -300,6 +301,26 @@ def _in_float32_range(factor: float) -> bool:
     return abs(factor) <= 1e30  # near or past float32's range, or NaN: left to Pillow
 
 
+# float32 factors for which rounding the product and the sum separately, as Pillow's scalar loop does, and
+# rounding once (a fused multiply-add, or x87 extended precision) give different bytes on some (grey, value)
+_WITNESS_FACTORS = (0.6220473051071167, 1.040000319480896, 1.7111111879348755)
+
+
+@functools.lru_cache(maxsize=1)
+def _blend_float32_is_pillows() -> bool:
+    """Whether :func:`_blend_float32` gives this Pillow's Image.blend bytes: checked once, on all 65536
+    (grey, value) pairs, for factors where a differently compiled blend loop would show. If not, saturation
+    falls back to Image.blend itself."""
+    grey, value = (a.astype(np.uint8) for a in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    grey_image, value_image = Image.fromarray(grey), Image.fromarray(value)
+    for factor in _WITNESS_FACTORS + (0.5, 1.3):
+        x = value.astype(np.float32)
+        _blend_float32(x, grey.astype(np.float32), factor)
+        if not np.array_equal(x.astype(np.uint8), np.asarray(Image.blend(grey_image, value_image, factor))):
+            return False
+    return True
+
+
 _scratch = threading.local()
 
 
@@ -320,7 +341,7 @@ def _scratch_planes(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _saturate(picture: Image.Image, factor: float, brightness: float = 1.0) -> Image.Image:
     """``Image.blend(picture.convert("L").convert("RGB"), picture, factor)`` (``ImageEnhance.Color``), then
     ``Image.blend(black, that, brightness)`` unless ``brightness`` is 1: the same bytes."""
-    if not (_in_float32_range(factor) and _in_float32_range(brightness)):
+    if not (_in_float32_range(factor) and _in_float32_range(brightness) and _blend_float32_is_pillows()):
         picture = Image.blend(picture.convert("L").convert("RGB"), picture, factor)
         return picture if brightness == 1.0 else Image.blend(Image.new("RGB", picture.size, 0), picture, brightness)
     width, height = picture.size

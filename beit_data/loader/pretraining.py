@@ -1,7 +1,7 @@
 """The MIM pretraining stream: image shards + a token set → pixels, visual tokens and masks.
 
 Each epoch a sample shows one of its K stored views, ``(epoch + offset) mod K`` with ``offset`` drawn from
-``rng_for(seed, "loader-view", key)``, so K consecutive epochs use all K. The pixels are rendered from the
+``stream_id(seed, "loader-view", key)`` (a hash), so K consecutive epochs use all K. The pixels are rendered from the
 view's stored box, flip and colour jitter by :func:`beit_data.views.render_views`, the function the tokenize
 job rendered the tokenizer input with, at the token set's resolution; the view's tokens and unpacked mask
 ride along. On request the tokenizer's input is rendered too, by its own call with the token manifest's
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..masks import unpack_masks
-from ..rng import rng_for
+from ..rng import stream_id
 from ..sidecars import SidecarRows
 from ..views import View, render_views, to_tensor_uint8
 from .core import IMAGENET_MEAN, IMAGENET_STD, Batch, Recipe, StreamLoader, normalize, open_stream
@@ -40,7 +40,7 @@ class MimRecipe(Recipe):
 
     def view_index(self, key: str, epoch: int) -> int:
         """The stored view ``key`` shows in ``epoch``."""
-        return (epoch + int(rng_for(self.seed, "loader-view", key).integers(self.views))) % self.views
+        return (epoch + stream_id(self.seed, "loader-view", key)[0]) % self.views
 
     def sample(self, record: Record, epoch: int) -> Batch:
         rows, i = cast(SidecarRows, record.sidecar), record.row
