@@ -28,7 +28,6 @@ against.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import random
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .policy import PolicyDict
 from .rng import rng_for
 
 __all__ = [
@@ -57,7 +57,7 @@ UniformSource = Callable[[Any, int], Any]
 
 
 @dataclass(frozen=True)
-class MaskPolicy:
+class MaskPolicy(PolicyDict):
     """BEiT's masking parameters. ``None`` means BEiT's default: ``max_patches`` is
     ``num_masking`` and ``max_aspect`` is ``1 / min_aspect``."""
 
@@ -105,17 +105,6 @@ class MaskPolicy:
         count = round(base.num_masking * side * side / (base.grid[0] * base.grid[1]))
         return cls(grid=(side, side), num_masking=count, **fields)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["grid"] = list(self.grid)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MaskPolicy:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown mask policy fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 def _propose(u: Any, cap: Any, policy: MaskPolicy, xp: Any) -> tuple[Any, Any, Any, Any]:

@@ -8,7 +8,6 @@ samples give byte-identical shards on any machine.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import tarfile
 from dataclasses import dataclass

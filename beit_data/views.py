@@ -41,19 +41,18 @@ on the decoded image.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .policy import PolicyDict
 from .rng import rng_for
 
 __all__ = [
@@ -85,7 +84,7 @@ _DRAFT_SCALES = (8, 4, 2)
 
 
 @dataclass(frozen=True)
-class ViewPolicy:
+class ViewPolicy(PolicyDict):
     """BEiT's augmentation parameters; ``jitter=0`` switches colour jitter off."""
 
     scale: tuple[float, float] = (0.08, 1.0)
@@ -108,17 +107,6 @@ class ViewPolicy:
         if self.attempts < 0:
             raise ValueError(f"attempts must be >= 0, got {self.attempts}")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["scale"], out["ratio"] = list(self.scale), list(self.ratio)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ViewPolicy:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown view policy fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ if "OMP_WAIT_POLICY" not in os.environ:
     # (waiting threads sleep instead of spinning; OpenMP reads this when torch loads). The
     # variable is removed again so the job still sets it for its actor itself.
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    import torch  # noqa: F401
+    import torch  # noqa: F401  (first import: reads OMP_WAIT_POLICY)
     del os.environ["OMP_WAIT_POLICY"]
+import torch  # noqa: E402
 
 GPU_GOAL = 7500.0  # tokenizer inputs (112 px views) per second on one H200 (bench/tokenize_gpu.py)
 VIEWS = 2
@@ -109,7 +110,6 @@ def cpu_seconds(fn, repeats: int) -> tuple[float, object]:
 
 def measure(label: str, root: Path, weights: Path, cpus: int, repeats: int, encode_images: int) -> dict:
     import numpy as np
-    import torch
 
     from beit_data.manifest import load_manifest
     from beit_data.sidecars import load_token_manifest, read_sidecar
