@@ -11,8 +11,6 @@ the output is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +28,7 @@ from beit_data.shards import Sample, shard_name, write_shard
 from beit_data.sources import Entry, EntryReader, Listing, Rejected, list_source
 
 from .ray_session import cluster_cpus
+from .resume import claim, committed
 
 
 @dataclass(frozen=True)
@@ -117,30 +116,6 @@ def _state_dir(root: Path, split: str) -> Path:
     return root / ".state" / "images" / split
 
 
-def _committed(root: Path, split: str, index: int) -> dict[str, Any] | None:
-    name = shard_name(split, index)
-    record_path = _state_dir(root, split) / f"{name}.json"
-    tar = root / "images" / split / name
-    if not (record_path.exists() and tar.exists()):
-        return None
-    record = json.loads(record_path.read_text())
-    return record if tar.stat().st_size == record["bytes"] else None
-
-
-def _claim_output(root: Path, split: str, fingerprint: str, overwrite: bool) -> None:
-    plan_file = _state_dir(root, split) / "plan.json"
-    images = root / "images" / split
-    previous = json.loads(plan_file.read_text())["fingerprint"] if plan_file.exists() else None
-    busy = previous is not None or (images.exists() and any(images.iterdir()))
-    if busy and previous != fingerprint:
-        if not overwrite:
-            raise BeitDataError(f"{images} already holds shards made from other inputs or options: "
-                                "use the same command to resume, another OUT, or --overwrite")
-        shutil.rmtree(images, ignore_errors=True)
-        shutil.rmtree(_state_dir(root, split), ignore_errors=True)
-    write_json(plan_file, {"fingerprint": fingerprint})
-
-
 def resolve_classes(root: Path, listing: Listing, classes_file_index: ClassIndex | None,
                     names: dict[str, str]) -> ClassIndex:
     """The class index: the manifest's if the root has one, else the given list, else sorted synsets."""
@@ -168,12 +143,15 @@ def run_shard_job(src: Path, root: Path, options: ShardOptions, *, labels: dict[
     listing = Listing(known, sorted(listing.rejected + [
         Rejected(e.source, f"synset {e.synset!r} is not in the class index (see --classes)")
         for e in listing.entries if index.id_of(e.synset) is None]))
-    _claim_output(root, options.split, _fingerprint(options, index, listing), overwrite)
+    images = root / "images" / options.split
+    claim(images, _state_dir(root, options.split), _fingerprint(options, index, listing), overwrite,
+          f"{images} already holds shards made from other inputs or options: "
+          "use the same command to resume, another OUT, or --overwrite")
     shards = plan_shards(listing.entries, options)
     progress = Progress(f"shard {options.split}", len(listing.entries), quiet=quiet)
     records: dict[int, dict[str, Any]] = {}
     for i in range(len(shards)):
-        if (done := _committed(root, options.split, i)) is not None:
+        if (done := committed(root, _state_dir(root, options.split) / f"{shard_name(options.split, i)}.json")):
             records[i] = done
             progress.skip(done["inputs"])
     class_ids = {s: i for i, s in enumerate(index.synsets)}

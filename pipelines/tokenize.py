@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from beit_data.views import ViewPolicy, render_views, sample_view, to_tensor_uin
 from tokenizer import load_tokenizer
 
 from .ray_session import cluster_cpus
+from .resume import claim, committed
 
 
 @dataclass(frozen=True)
@@ -183,30 +183,6 @@ def _header(identity: dict[str, Any], options: TokenizeOptions, input_size: int,
             "view_policy": options.view_policy.to_dict(), "mask_policy": options.masks().to_dict()}
 
 
-def _committed(root: Path, token_id: str, split: str, shard: dict[str, Any]) -> dict[str, Any] | None:
-    record_path = _state_dir(root, token_id, split) / f"{Path(shard['name']).stem}.json"
-    if not record_path.exists():
-        return None
-    record = json.loads(record_path.read_text())
-    path = root / record["name"]
-    ok = path.exists() and path.stat().st_size == record["bytes"] and record["image_sha256"] == shard["sha256"]
-    return record if ok else None
-
-
-def _claim(root: Path, token_id: str, header: dict[str, Any], overwrite: bool) -> None:
-    plan = root / ".state" / "tokens" / token_id / "plan.json"
-    fingerprint = hashlib.sha256(dump_json(header).encode()).hexdigest()
-    out = token_dir(root, token_id)
-    previous = json.loads(plan.read_text())["fingerprint"] if plan.exists() else None
-    if (previous is not None or out.exists()) and previous != fingerprint:
-        if not overwrite:
-            raise BeitDataError(f"{out} holds tokens made with another tokenizer or options: give --id NAME for a "
-                                "second token set beside it, rerun with the same options to resume, or --overwrite")
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(plan.parent, ignore_errors=True)
-    write_json(plan, {"fingerprint": fingerprint})
-
-
 def default_token_id(identity: dict[str, Any], resolution: int) -> str:
     """``<kind>-<resolution>-<first 8 hex of the weights' sha256>``."""
     return f"{identity['kind']}-{resolution}-{identity['weights_sha256'][:8]}"
@@ -247,12 +223,16 @@ def run_tokenize_job(root: Path, spec: TokenizerSpec, options: TokenizeOptions, 
     grid = (input_size // identity.get("downsample", 8),) * 2
     token_id = token_id or default_token_id(identity, options.resolution)
     header = _header(identity, options, input_size, grid)
-    _claim(root, token_id, header, overwrite)
+    out = token_dir(root, token_id)
+    claim(out, root / ".state" / "tokens" / token_id, hashlib.sha256(dump_json(header).encode()).hexdigest(),
+          overwrite, f"{out} holds tokens made with another tokenizer or options: give --id NAME for a second "
+          "token set beside it, rerun with the same options to resume, or --overwrite")
 
     records: dict[int, dict[str, Any]] = {}
     progress = Progress(f"tokenize {options.split}", sum(s["count"] for s in shards), quiet=quiet)
     for i, shard in enumerate(shards):
-        if (done := _committed(root, token_id, options.split, shard)) is not None:
+        done = committed(root, _state_dir(root, token_id, options.split) / f"{Path(shard['name']).stem}.json")
+        if done is not None and done["image_sha256"] == shard["sha256"]:
             records[i] = done
             progress.skip(done["count"])
     resumed = len(records)

@@ -35,3 +35,14 @@ def corpora(tmp_path_factory):
         "val": build_val(base / "val", layout="folder"),
         "val_tar": build_val(base / "ILSVRC2012_img_val.tar", layout="tar", labels="txt"),
     }
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,15 +27,6 @@ P14 = MaskPolicy()
 P24 = MaskPolicy.for_resolution(384)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Small torch CPU ops run far faster on one thread than with OpenMP on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_batch(policy: MaskPolicy, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng, sizes = random.Random(seed), []
     masks = np.stack([reference_mask(policy, rng, sizes) for _ in range(n)])

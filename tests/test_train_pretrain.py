@@ -14,13 +14,7 @@ from beit_data.train.pretrain import pretrain_model
 GRID, VOCAB = 4, 16  # 64 px images, 16 px patches
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
