@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_LOADER_NAMES = {"pretraining_loader", "finetuning_loader", "normalize"}
+_LOADER_NAMES = {"pretraining_loader", "finetuning_loader", "normalize", "apply_color_jitter"}
 
 
 def __getattr__(name: str) -> Any:

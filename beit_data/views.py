@@ -28,6 +28,8 @@ Where this differs from BEiT on purpose, and why:
 * JPEG draft mode (a DCT-domain decode at 1/2, 1/4 or 1/8 scale) is used when the crop is
   at least twice the largest requested size on both sides. The decision depends only on
   (image size, view, sizes), so a replay gets the same pixels.
+* A JPEG given as bytes is decoded only down to the MCU row below the crop
+  (:mod:`beit_data.jpeg`); those rows are the same as in a full decode.
 
 Why pixels and tokens stay consistent: every size of one view is resized from the same
 decoded crop, flipped alike, and jittered with the same factors in the same order.
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .jpeg import read_frame, rows_for, shortened
 from .policy import PolicyDict
 from .rng import rng_for
 
@@ -65,6 +68,7 @@ __all__ = [
     "draft_scale",
     "render",
     "render_views",
+    "color_jitter",
     "to_tensor_uint8",
 ]
 
@@ -346,15 +350,16 @@ def _saturate(picture: Image.Image, factor: float, brightness: float = 1.0) -> I
     return Image.merge("RGB", [Image.frombuffer("L", (width, height), plane, "raw", "L", 0, 1) for plane in planes])
 
 
-def _jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Image.Image]:
-    """Brightness / contrast / saturation in the view's order, as torchvision's ``adjust_*``
-    (Pillow's ``ImageEnhance``) do, with one contrast grey from ``pictures[reference]``.
+def color_jitter(pictures: list[Image.Image], factors: Sequence[float], order: Sequence[int],
+                 reference: int = 0) -> list[Image.Image]:
+    """Brightness / contrast / saturation ``factors`` applied in ``order`` (as in :class:`View`), as torchvision's
+    ``adjust_*`` (Pillow's ``ImageEnhance``) do, with one contrast grey from ``pictures[reference]``.
 
     Byte for byte what one ``Image.blend(degenerate, picture, factor)`` per step and picture gives (the plain
     form, kept in tests/test_views.py), faster: runs of brightness and contrast become one table lookup (the
     grey a contrast needs is taken from the reference picture with the pending table applied), and a
     brightness right after a saturation is done in the saturation's arithmetic."""
-    steps = [(op, view.jitter[op]) for op in view.jitter_order if view.jitter[op] != 1.0]
+    steps = [(int(op), float(factors[op])) for op in order if factors[op] != 1.0]
     table: bytes | None = None  # brightness / contrast still to apply to every picture
     while steps:
         op, factor = steps.pop(0)
@@ -373,18 +378,33 @@ def _jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Ima
     return pictures if table is None else [_apply_table(p, table) for p in pictures]
 
 
+def _open_down_to(data: bytes, bottom: int) -> Image.Image:
+    """:func:`open_image` of ``data``; a JPEG is shortened to the rows a crop ending at row ``bottom`` needs
+    (:mod:`beit_data.jpeg`), so the decoder stops there. The pixels are the same."""
+    frame = read_frame(data)
+    if frame is not None and bottom <= frame.height and frame.width * frame.height <= MAX_PIXELS:
+        rows = rows_for(frame, bottom)
+        if rows < frame.height:
+            data = shortened(data, frame, rows)
+    return open_image(data)
+
+
 def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> list[Image.Image]:
     """Render ``view`` at every ``(size, interpolation)`` in ``sizes`` (RGB, size × size) from
-    one decode: crop, resize, flip, jitter. Bytes are opened with :func:`open_image`. A
-    JPEG, given as bytes or as a not yet decoded image, is decoded in draft mode when the
-    crop is at least twice the largest size; such an image is used up by the call."""
+    one decode: crop, resize, flip, jitter. Bytes are opened with :func:`open_image`; a JPEG
+    given as bytes is decoded only down to the MCU row below the crop. A JPEG, given as
+    bytes or as a not yet decoded image, is decoded in draft mode when the crop is at least
+    twice the largest size; such an image is used up by the call."""
     sizes = [(int(size), str(interpolation).lower()) for size, interpolation in sizes]
     if not sizes:
         raise ValueError("render_views needs at least one (size, interpolation)")
     for size, interpolation in sizes:
         if size < 1 or interpolation not in _RESAMPLE:
             raise ValueError(f"bad picture size {(size, interpolation)}: need a positive size and one of {sorted(_RESAMPLE)}")
-    image = open_image(data_or_image) if isinstance(data_or_image, (bytes, bytearray, memoryview)) else data_or_image
+    if isinstance(data_or_image, (bytes, bytearray, memoryview)):
+        image = _open_down_to(bytes(data_or_image), view.box[0] + view.box[2])
+    else:
+        image = data_or_image
     decoder = getattr(image, "decoderconfig", ())
     if image.format == "JPEG" and decoder and decoder[0] > 1:
         raise ValueError("this image was already decoded in JPEG draft mode by an earlier call; open it again")
@@ -395,7 +415,7 @@ def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence
     pictures = [region.resize((size, size), _RESAMPLE[interpolation], box=inner) for size, interpolation in sizes]
     if view.flip:
         pictures = [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in pictures]
-    return _jitter(pictures, view, max(range(len(sizes)), key=lambda i: sizes[i][0]))
+    return color_jitter(pictures, view.jitter, view.jitter_order, max(range(len(sizes)), key=lambda i: sizes[i][0]))
 
 
 def render(image: Image.Image, view: View, size: int, interpolation: str = "bicubic") -> Image.Image:

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from beit_data import normalize, pretraining_loader
+from beit_data import apply_color_jitter, normalize, pretraining_loader
 from beit_data.atomic import write_json
 from beit_data.errors import BeitDataError
 from beit_data.masks import unpack_masks
 from beit_data.shards import Sample, write_shard
 from beit_data.sidecars import read_sidecar, write_sidecar
-from beit_data.views import to_tensor_uint8
+from beit_data.views import View, to_tensor_uint8
 from tests.loader_fixtures import fixture_tokens, make_token_set, rendered, shard_samples, sharded_root, stored_view
 
 BATCH = 3
@@ -61,13 +61,24 @@ def test_batches_carry_the_stored_view_tokens_and_mask(root, manifest):
     assert batch["bool_masked_pos"].shape == (BATCH, 196) and batch["bool_masked_pos"].dtype == torch.bool
     assert batch["visual_tokens"].shape == (BATCH, 196) and batch["visual_tokens"].dtype == torch.int64
     recipe = loader.spec.recipe
+    jittered = apply_color_jitter(batch)["pixel_values"]  # uint8: the jitter travels with the batch
+    assert "color_jitter" in batch and jittered.dtype == torch.uint8
     for j, key in enumerate(batch["key"]):
         v = recipe.view_index(key, 1)
         view, jpeg, tokens, mask = stored_view(root, manifest, key, v)
         np.testing.assert_array_equal(batch["visual_tokens"][j].numpy(), fixture_tokens(0, key, v, 196))
         np.testing.assert_array_equal(batch["visual_tokens"][j].numpy(), tokens)
         np.testing.assert_array_equal(batch["bool_masked_pos"][j].numpy(), unpack_masks(mask, (14, 14)).reshape(-1))
-        assert torch.equal(batch["pixel_values"][j], to_tensor_uint8(rendered(jpeg, view, 224)))
+        assert batch["color_jitter"][j].tolist() == list(view.jitter)
+        assert batch["color_jitter_order"][j].tolist() == list(view.jitter_order)
+        assert torch.equal(batch["pixel_values"][j], to_tensor_uint8(rendered(jpeg, View(view.box, view.flip), 224)))
+        assert torch.equal(jittered[j], to_tensor_uint8(rendered(jpeg, view, 224)))
+    # jittered in the worker instead: the same bytes
+    other = pretraining_loader(root, "fixture", batch_size=BATCH, uint8=True, seed=7, jitter_on_device=False,
+                               num_workers=1)
+    other.set_epoch(1)
+    in_worker = next(iter(other))
+    assert "color_jitter" not in in_worker and torch.equal(in_worker["pixel_values"], jittered)
 
 
 def test_384_token_set_without_jitter(root, tmp_path):
@@ -87,8 +98,10 @@ def test_float_output_is_normalize_of_uint8(root):
     kw = dict(batch_size=BATCH, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     a = next(iter(pretraining_loader(root, "fixture", uint8=True, **kw)))
     b = next(iter(pretraining_loader(root, "fixture", **kw)))
-    assert b["pixel_values"].dtype == torch.float32
-    torch.testing.assert_close(normalize(a, (0.5,) * 3, (0.5,) * 3, device="cpu")["pixel_values"], b["pixel_values"])
+    assert b["pixel_values"].dtype == torch.float32 and "color_jitter" not in b
+    normalized = normalize(a, (0.5,) * 3, (0.5,) * 3, device="cpu")
+    assert "color_jitter" not in normalized and "color_jitter_order" not in normalized
+    torch.testing.assert_close(normalized["pixel_values"], b["pixel_values"], rtol=0, atol=0)
 
 
 def test_each_sample_shows_all_its_views_over_k_epochs(root, manifest):

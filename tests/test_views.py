@@ -26,18 +26,11 @@ from beit_data.views import (
     sample_view,
     to_tensor_uint8,
 )
+from tests.view_fixtures import EXTREME_FACTORS, blend_jitter, photo, random_picture
 
 MODES = {"bicubic": InterpolationMode.BICUBIC, "lanczos": InterpolationMode.LANCZOS, "bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}
 ADJUST = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
 PAIR = [(224, "bicubic"), (112, "lanczos")]
-
-
-def photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A smooth colour field with noise, so crops, filters and jitter all show."""
-    y, x = np.mgrid[:height, :width]
-    noise = np.random.default_rng(seed).normal(0, 18, (height, width, 3))
-    base = np.stack([x / width * 200 + 30, y / height * 180 + 40, (x + y) / (width + height) * 150 + 60], -1)
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -252,41 +245,8 @@ def test_open_image_is_lazy_and_to_tensor() -> None:
 
 # --- colour jitter: the fast path is byte for byte the plain one (one Image.blend per step and picture) ---
 
-def blend_jitter(pictures: list[Image.Image], view: View, reference: int) -> list[Image.Image]:
-    """Brightness / contrast / saturation as ImageEnhance does them, one Image.blend each: the reference."""
-    for op in view.jitter_order:
-        factor = view.jitter[op]
-        if factor == 1.0:
-            continue
-        if op == 0:
-            degenerate = [Image.new("RGB", p.size, 0) for p in pictures]
-        elif op == 1:
-            histogram = pictures[reference].convert("L").histogram()
-            grey = int(sum(i * c for i, c in enumerate(histogram)) / sum(histogram) + 0.5)
-            degenerate = [Image.new("RGB", p.size, (grey, grey, grey)) for p in pictures]
-        else:
-            degenerate = [p.convert("L").convert("RGB") for p in pictures]
-        pictures = [Image.blend(d, p, factor) for d, p in zip(degenerate, pictures)]
-    return pictures
-
-
-EXTREME_FACTORS = [0.0, 1e-30, 1e-7, 0.001, 0.5, 0.6, 0.99999994, 1.0, 1.0000001, 1.4, 2.0, 3.5, 10.0, 255.0, 1e6,
-                   1e30, 1e31]
-
-
-def random_picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Noise, a smooth photo or a saturated, clipped mix, so grey, clipping and rounding all show."""
-    kind = rng.integers(3)
-    if kind == 0:
-        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    if kind == 1:
-        return photo(width, height, int(rng.integers(1000)))
-    pixels = rng.choice(np.array([0, 1, 2, 127, 128, 253, 254, 255], np.uint8), (height, width, 3))
-    return Image.fromarray(pixels)
-
-
 def test_jitter_equals_plain_blends_in_every_order() -> None:
-    from beit_data.views import _jitter
+    from beit_data.views import color_jitter
 
     rng = np.random.default_rng(11)
     orders = list(itertools.permutations(range(3)))
@@ -303,7 +263,8 @@ def test_jitter_equals_plain_blends_in_every_order() -> None:
             pictures.append(random_picture(rng, max(1, width // 2), max(1, height // 2 + 1)))
         view = View((0, 0, 2, 2), False, tuple(factors), order)
         reference = int(rng.integers(len(pictures)))
-        got, expected = _jitter(pictures, view, reference), blend_jitter(pictures, view, reference)
+        got = color_jitter(pictures, view.jitter, view.jitter_order, reference)
+        expected = blend_jitter(pictures, view, reference)
         for g, e in zip(got, expected):
             assert g.mode == "RGB" and g.size == e.size
             assert np.array_equal(np.asarray(g), np.asarray(e)), (view, reference, [p.size for p in pictures])

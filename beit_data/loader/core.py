@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..color import jitter_batch
 from ..errors import BeitDataError
 from ..rng import rng_for
 from .plan import Layout
@@ -31,11 +32,29 @@ Batch = dict[str, Any]
 _ERROR = "beit_data_error"  # the key of the one-item batch that carries a worker's BeitDataError
 
 
+JITTER, JITTER_ORDER = "color_jitter", "color_jitter_order"  # a batch's colour jitter still to apply
+
+
+def _to(batch: Batch, device: torch.device | str | None, non_blocking: bool) -> Batch:
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) and device is not None else v
+            for k, v in batch.items()}
+
+
+def apply_color_jitter(batch: Batch, device: torch.device | str | None = None, non_blocking: bool = True) -> Batch:
+    """``batch`` on ``device`` with the colour jitter it carries (``color_jitter`` / ``color_jitter_order``, as a
+    loader made with ``jitter_on_device`` yields) applied to its uint8 ``pixel_values`` there, by
+    :func:`beit_data.color.jitter_batch`: the pictures ``render_views`` makes, byte for byte."""
+    out = _to(batch, device, non_blocking)
+    if JITTER in out:
+        out["pixel_values"] = jitter_batch(out["pixel_values"], out.pop(JITTER), out.pop(JITTER_ORDER))
+    return out
+
+
 def normalize(batch: Batch, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
               device: torch.device | str | None = None, non_blocking: bool = True) -> Batch:
-    """``batch`` with its tensors on ``device`` and uint8 ``pixel_values`` turned into normalised float32 there."""
-    out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) and device is not None else v
-           for k, v in batch.items()}
+    """``batch`` with its tensors on ``device`` and uint8 ``pixel_values`` turned into normalised float32 there,
+    after the colour jitter the batch carries (see :func:`apply_color_jitter`)."""
+    out = apply_color_jitter(batch, device, non_blocking)
     pixels = out["pixel_values"]
     if pixels.dtype == torch.uint8:
         m = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1) * 255
