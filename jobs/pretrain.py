@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from beit_data import pretraining_loader
     from beit_data.errors import BeitDataError
     from beit_data.inspect import token_sets
@@ -33,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
         if len(found) != 1:
             raise BeitDataError(f"give --tokens ID (token sets under {args.root}/tokens: {', '.join(found) or 'none'})")
         token_id = found[0]
+    # colour jitter and normalisation on the accelerator; when training on the CPU the workers jitter
+    on_accelerator = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cpu"
     loader = pretraining_loader(args.root, tokens=token_id, split=args.split, batch_size=args.batch_size,
-                                seed=args.seed, num_workers=args.num_workers, uint8=True)
+                                seed=args.seed, num_workers=args.num_workers, uint8=True,
+                                jitter_on_device=on_accelerator)
     manifest = Storage(args.root).read_json(f"tokens/{token_id}/manifest.json", "run 'beit-data tokenize'")
     cfg = PretrainConfig(**common_config(args), model=args.model, image_size=int(manifest["resolution"]),
                          vocab_size=int(manifest["tokenizer"]["vocab_size"]), pixel_mean=HALF, pixel_std=HALF)
