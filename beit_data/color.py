@@ -56,9 +56,8 @@ def _jitter_on_cpu(pixels: torch.Tensor, factors: torch.Tensor, order: torch.Ten
     out = torch.empty_like(pixels)
     for i, (picture, f, o) in enumerate(zip(pixels.numpy(), factors.tolist(), order.tolist())):
         height, width = picture.shape[1:]
-        image = Image.merge("RGB", [Image.frombuffer("L", (width, height), np.ascontiguousarray(plane), "raw", "L", 0, 1)
-                                    for plane in picture])
-        out[i] = to_tensor_uint8(color_jitter([image], f, o)[0])
+        planes = [Image.frombuffer("L", (width, height), np.ascontiguousarray(p), "raw", "L", 0, 1) for p in picture]
+        out[i] = to_tensor_uint8(color_jitter([Image.merge("RGB", planes)], f, o)[0])
     return out
 
 

@@ -114,6 +114,26 @@ def loader_epoch(root: Path, batch: int, uint8: bool, jitter_on_device: bool | N
     return sum(len(b["pixel_values"]) for b in loader)
 
 
+def accelerator_cost(root: Path, batch: int) -> float | None:
+    """Seconds per image a CUDA device spends on the colour jitter and normalisation the loader leaves to it
+    (``normalize`` on batches already on the device), or None without CUDA."""
+    import torch
+
+    from beit_data import normalize, pretraining_loader
+
+    if not torch.cuda.is_available():
+        return None
+    loader = pretraining_loader(root, "fixture", batch_size=batch, uint8=True)
+    on_device = [{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in loader]
+    normalize(on_device[0])  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for b in on_device:
+        normalize(b)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / sum(len(b["pixel_values"]) for b in on_device)
+
+
 def rates(n: int, pipelines: dict, repeats: int) -> dict[str, float]:
     """Images per CPU-second of each pipeline, best of ``repeats`` rounds taken in turn (robust to other load)."""
     best = dict.fromkeys(pipelines, float("inf"))
@@ -160,6 +180,12 @@ def main() -> None:
         cpu = "pretraining loader (uint8, jitter in the worker)"
         report(cpu, r["ours_cpu_jitter"], "BEiT online pipeline", r["beit"], "images/s per core")
         report(cpu, r["ours_cpu_jitter"], "decode + RandomResizedCrop", r["crop"], "images/s per core")
+        device = accelerator_cost(root, args.batch)
+        if device is None:
+            print("no CUDA device: the accelerator's share (colour jitter + normalisation per batch) is not measured")
+        else:
+            print(f"accelerator's share on {torch.cuda.get_device_name()}: {device * 1e6:.1f} us per image for colour "
+                  f"jitter + normalisation, vs {1e6 / r['ours']:.0f} us of CPU per image in the loader")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
