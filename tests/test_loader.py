@@ -53,7 +53,8 @@ def copy_root(root: Path, tmp_path: Path) -> Path:
 
 
 def test_batches_carry_the_stored_view_tokens_and_mask(root, manifest):
-    loader = pretraining_loader(root, "fixture", batch_size=BATCH, keys=True, uint8=True, seed=7)
+    loader = pretraining_loader(root, "fixture", batch_size=BATCH, keys=True, uint8=True, seed=7,
+                                jitter_on_device=True)
     assert len(loader) == manifest["splits"]["train"]["count"] // BATCH
     loader.set_epoch(1)
     batch = next(iter(loader))
@@ -74,8 +75,7 @@ def test_batches_carry_the_stored_view_tokens_and_mask(root, manifest):
         assert torch.equal(batch["pixel_values"][j], to_tensor_uint8(rendered(jpeg, View(view.box, view.flip), 224)))
         assert torch.equal(jittered[j], to_tensor_uint8(rendered(jpeg, view, 224)))
     # jittered in the worker instead: the same bytes
-    other = pretraining_loader(root, "fixture", batch_size=BATCH, uint8=True, seed=7, jitter_on_device=False,
-                               num_workers=1)
+    other = pretraining_loader(root, "fixture", batch_size=BATCH, uint8=True, seed=7, num_workers=1)
     other.set_epoch(1)
     in_worker = next(iter(other))
     assert "color_jitter" not in in_worker and torch.equal(in_worker["pixel_values"], jittered)
@@ -96,8 +96,10 @@ def test_384_token_set_without_jitter(root, tmp_path):
 
 def test_float_output_is_normalize_of_uint8(root):
     kw = dict(batch_size=BATCH, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    a = next(iter(pretraining_loader(root, "fixture", uint8=True, **kw)))
+    a = next(iter(pretraining_loader(root, "fixture", uint8=True, jitter_on_device=True, **kw)))
     b = next(iter(pretraining_loader(root, "fixture", **kw)))
+    with pytest.raises(ValueError, match="needs uint8=True"):
+        pretraining_loader(root, "fixture", jitter_on_device=True, **kw)
     assert b["pixel_values"].dtype == torch.float32 and "color_jitter" not in b
     normalized = normalize(a, (0.5,) * 3, (0.5,) * 3, device="cpu")
     assert "color_jitter" not in normalized and "color_jitter_order" not in normalized

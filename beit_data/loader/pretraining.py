@@ -4,7 +4,7 @@ Each epoch a sample shows one of its K stored views, ``(epoch + offset) mod K`` 
 ``stream_id(seed, "loader-view", key)`` (a hash), so K consecutive epochs use all K. The pixels are rendered from the
 view's stored box, flip and colour jitter by :func:`beit_data.views.render_views`, the function the tokenize
 job rendered the tokenizer input with, at the token set's resolution; the view's tokens and unpacked mask
-ride along. With ``jitter_on_device`` (the default with ``uint8=True``) the pixels leave the worker before
+ride along. With ``uint8=True, jitter_on_device=True`` the pixels leave the worker before
 their colour jitter, with the view's factors and order, and :func:`normalize` (or :func:`apply_color_jitter`)
 applies it where the batch goes, with the same bytes as a render on the CPU (:mod:`beit_data.color`): the
 jitter is most of a view's CPU cost and next to nothing on an accelerator. On request the tokenizer's input
@@ -71,7 +71,7 @@ class MimRecipe(Recipe):
 
 def pretraining_loader(root: str | os.PathLike, tokens: str, split: str = "train", batch_size: int = 256, *,
                        seed: int = 0, num_workers: int = 0, rank: int | None = None, world_size: int | None = None,
-                       uint8: bool = False, jitter_on_device: bool | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                       uint8: bool = False, jitter_on_device: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                        std: Sequence[float] = IMAGENET_STD, interpolation: str = "bicubic",
                        tokenizer_pixels: bool = False, shuffle_buffer: int = 1000, drop_last: bool = True,
                        on_error: str = "raise", keys: bool = False, filesystem: Any = None,
@@ -82,14 +82,16 @@ def pretraining_loader(root: str | os.PathLike, tokens: str, split: str = "train
     Yields ``{"pixel_values": (B, 3, R, R), "bool_masked_pos": bool (B, N), "visual_tokens": int64 (B, N)}``
     with ``R`` the token set's resolution and ``N = gh * gw``. Pixels are float32 normalised with
     ``mean``/``std`` (ImageNet's by default; BEiT's 0.5 is ``beit_data.loader.HALF``) or, with ``uint8=True``,
-    left for :func:`normalize` to do on the GPU. ``jitter_on_device`` (default: ``uint8``) leaves the colour
-    jitter to :func:`normalize` too: ``pixel_values`` are then the view before its jitter, and the batch carries
+    left for :func:`normalize` to do on the GPU. With ``uint8``, ``jitter_on_device=True`` leaves the colour
+    jitter to :func:`normalize` too (the fastest way to feed a GPU): ``pixel_values`` are then the view before its jitter, and the batch carries
     ``color_jitter`` (B, 3) float32 and ``color_jitter_order`` (B, 3) uint8; :func:`apply_color_jitter` gives the
     finished uint8 pictures. ``tokenizer_pixels=True`` adds ``tokenizer_pixel_values``
     uint8: the view rendered as the tokenize job rendered the tokenizer's input. ``keys=True`` adds the sample
     keys. Every rank yields ``len(loader)`` full batches; see :class:`StreamLoader` for epochs, resuming
     and ``on_error``, and :mod:`beit_data.loader.plan` for the order.
     """
+    if jitter_on_device and not uint8:
+        raise ValueError("jitter_on_device=True needs uint8=True: without it the workers normalise, so they jitter too")
     storage = Storage(root, filesystem)
     images = image_manifest(storage)
     manifest = token_manifest(storage, tokens)
@@ -98,7 +100,7 @@ def pretraining_loader(root: str | os.PathLike, tokens: str, split: str = "train
     recipe = MimRecipe(seed=seed, views=int(manifest["views"]), grid=tuple(manifest["grid"]),
                        pixels=(int(manifest["resolution"]), interpolation),
                        tokenizer_input=(int(tokenizer["input_size"]), tokenizer["interpolation"]) if tokenizer_pixels
-                       else None, uint8=uint8, jitter_on_device=uint8 if jitter_on_device is None else jitter_on_device,
+                       else None, uint8=uint8, jitter_on_device=jitter_on_device,
                        mean=mean, std=std, keys=keys)
     return open_stream(storage, shards, recipe, split=split, batch_size=batch_size, seed=seed, rank=rank,
                        world_size=world_size, num_workers=num_workers, shuffle=True, shuffle_buffer=shuffle_buffer,
