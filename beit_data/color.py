@@ -69,9 +69,10 @@ def _jitter_with_torch(pixels: torch.Tensor, factors: torch.Tensor, order: torch
     for step in range(3):
         op = order[:, step]
         factor = factors.gather(1, op[:, None]).view(-1, 1, 1, 1)
-        wide = pixels.to(torch.int32)
-        grey = (wide[:, 0:1] * weights[0] + wide[:, 1:2] * weights[1] + wide[:, 2:3] * weights[2]
-                + (1 << (shift - 1))) >> shift
+        grey = pixels[:, 0:1].to(torch.int32).mul_(weights[0])
+        for channel in (1, 2):
+            grey.add_(pixels[:, channel:channel + 1].to(torch.int32).mul_(weights[channel]))
+        grey = grey.add_(1 << (shift - 1)).bitwise_right_shift_(shift)
         total = grey.sum(dim=(1, 2, 3), dtype=torch.int64)
         mean = torch.div(2 * total + count, 2 * count, rounding_mode="floor")  # int(total / count + 0.5)
         op = op.view(-1, 1, 1, 1)
