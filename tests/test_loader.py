@@ -18,6 +18,7 @@ import torch
 from beit_data import apply_color_jitter, normalize, pretraining_loader
 from beit_data.atomic import write_json
 from beit_data.errors import BeitDataError
+from beit_data.loader import IMAGENET_MEAN, IMAGENET_STD
 from beit_data.masks import unpack_masks
 from beit_data.shards import Sample, write_shard
 from beit_data.sidecars import read_sidecar, write_sidecar
@@ -104,6 +105,10 @@ def test_float_output_is_normalize_of_uint8(root):
     normalized = normalize(a, (0.5,) * 3, (0.5,) * 3, device="cpu")
     assert "color_jitter" not in normalized and "color_jitter_order" not in normalized
     torch.testing.assert_close(normalized["pixel_values"], b["pixel_values"], rtol=0, atol=0)
+    # the CPU path (picture by picture) gives the bytes of the one-formula batch path the GPU takes
+    pixels = apply_color_jitter(a)["pixel_values"]
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert torch.equal(normalize({"pixel_values": pixels})["pixel_values"], (pixels.float() - m) / s)
 
 
 def test_each_sample_shows_all_its_views_over_k_epochs(root, manifest):
