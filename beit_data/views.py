@@ -68,6 +68,7 @@ __all__ = [
     "draft_scale",
     "render",
     "render_views",
+    "render_each",
     "color_jitter",
     "to_tensor_uint8",
 ]
@@ -219,15 +220,19 @@ def draft_scale(image: Image.Image, view: View, sizes: Sequence[tuple[int, str]]
     return next((s for s in _DRAFT_SCALES if side >= s * largest), 1)
 
 
-def _decode_crop(image: Image.Image, box: tuple[int, int, int, int], scale: int) -> tuple[Image.Image, tuple[float, float, float, float] | None]:
-    """Decode the RGB region holding ``box``, and give the box within it (None: all of it)."""
+def _draft(image: Image.Image, scale: int) -> None:
+    """Ask a not yet decoded JPEG for its DCT-domain decode at 1/``scale``."""
+    if not getattr(image, "tile", None):
+        raise ValueError("this JPEG is already decoded, so draft mode cannot apply; pass the bytes or a fresh open_image() result")
+    image.draft("RGB", (image.width // scale, image.height // scale))
+
+
+def _crop(image: Image.Image, box: tuple[int, int, int, int], scale: int) -> tuple[Image.Image, tuple[float, float, float, float] | None]:
+    """The RGB region of ``image`` (decoded at 1/``scale``) holding ``box``, and the box within it (None: all of it)."""
     top, left, h, w = box
     if scale == 1:
         hull, inner = (left, top, left + w, top + h), None
     else:
-        if not getattr(image, "tile", None):
-            raise ValueError("this JPEG is already decoded, so draft mode cannot apply; pass the bytes or a fresh open_image() result")
-        image.draft("RGB", (image.width // scale, image.height // scale))
         # the decode at 1/scale maps source pixel x to x / scale; crop the whole pixels around the box
         x0, y0, x1, y1 = left / scale, top / scale, (left + w) / scale, (top + h) / scale
         hull = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
@@ -389,18 +394,38 @@ def _open_down_to(data: bytes, bottom: int) -> Image.Image:
     return open_image(data)
 
 
-def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> list[Image.Image]:
-    """Render ``view`` at every ``(size, interpolation)`` in ``sizes`` (RGB, size × size) from
-    one decode: crop, resize, flip, jitter. Bytes are opened with :func:`open_image`; a JPEG
-    given as bytes is decoded only down to the MCU row below the crop. A JPEG, given as
-    bytes or as a not yet decoded image, is decoded in draft mode when the crop is at least
-    twice the largest size; such an image is used up by the call."""
+def _checked_sizes(sizes: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
     sizes = [(int(size), str(interpolation).lower()) for size, interpolation in sizes]
     if not sizes:
         raise ValueError("render_views needs at least one (size, interpolation)")
     for size, interpolation in sizes:
         if size < 1 or interpolation not in _RESAMPLE:
             raise ValueError(f"bad picture size {(size, interpolation)}: need a positive size and one of {sorted(_RESAMPLE)}")
+    return sizes
+
+
+def _check_box(image: Image.Image, view: View) -> None:
+    top, left, h, w = view.box
+    if top + h > image.height or left + w > image.width:
+        raise ValueError(f"view box {view.box} (top, left, height, width) lies outside the {image.width}x{image.height} image")
+
+
+def _pictures(image: Image.Image, view: View, scale: int, sizes: list[tuple[int, str]]) -> list[Image.Image]:
+    """Crop ``view`` from ``image`` (decoded at 1/``scale``), then resize to every size, flip and jitter."""
+    region, inner = _crop(image, view.box, scale)
+    pictures = [region.resize((size, size), _RESAMPLE[interpolation], box=inner) for size, interpolation in sizes]
+    if view.flip:
+        pictures = [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in pictures]
+    return color_jitter(pictures, view.jitter, view.jitter_order, max(range(len(sizes)), key=lambda i: sizes[i][0]))
+
+
+def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence[tuple[int, str]]) -> list[Image.Image]:
+    """Render ``view`` at every ``(size, interpolation)`` in ``sizes`` (RGB, size × size) from
+    one decode: crop, resize, flip, jitter. Bytes are opened with :func:`open_image`; a JPEG
+    given as bytes is decoded only down to the MCU row below the crop. A JPEG, given as
+    bytes or as a not yet decoded image, is decoded in draft mode when the crop is at least
+    twice the largest size; such an image is used up by the call."""
+    sizes = _checked_sizes(sizes)
     if isinstance(data_or_image, (bytes, bytearray, memoryview)):
         image = _open_down_to(bytes(data_or_image), view.box[0] + view.box[2])
     else:
@@ -408,14 +433,32 @@ def render_views(data_or_image: bytes | Image.Image, view: View, sizes: Sequence
     decoder = getattr(image, "decoderconfig", ())
     if image.format == "JPEG" and decoder and decoder[0] > 1:
         raise ValueError("this image was already decoded in JPEG draft mode by an earlier call; open it again")
-    top, left, h, w = view.box
-    if top + h > image.height or left + w > image.width:
-        raise ValueError(f"view box {view.box} (top, left, height, width) lies outside the {image.width}x{image.height} image")
-    region, inner = _decode_crop(image, view.box, draft_scale(image, view, sizes))
-    pictures = [region.resize((size, size), _RESAMPLE[interpolation], box=inner) for size, interpolation in sizes]
-    if view.flip:
-        pictures = [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in pictures]
-    return color_jitter(pictures, view.jitter, view.jitter_order, max(range(len(sizes)), key=lambda i: sizes[i][0]))
+    _check_box(image, view)
+    scale = draft_scale(image, view, sizes)
+    if scale > 1:
+        _draft(image, scale)
+    return _pictures(image, view, scale, sizes)
+
+
+def render_each(data: bytes, views: Sequence[View], sizes: Sequence[tuple[int, str]]) -> list[list[Image.Image]]:
+    """``[render_views(data, view, sizes) for view in views]``, the same pictures, with the image decoded once
+    per JPEG draft scale among the views (down to the lowest crop bottom among them) instead of once per view."""
+    if len(views) < 2:
+        return [render_views(data, view, sizes) for view in views]
+    sizes, data = _checked_sizes(sizes), bytes(data)
+    header = open_image(data)
+    groups: dict[int, list[int]] = {}
+    for i, view in enumerate(views):
+        _check_box(header, view)
+        groups.setdefault(draft_scale(header, view, sizes), []).append(i)
+    out: list[list[Image.Image]] = [[] for _ in views]
+    for scale, members in groups.items():
+        image = _open_down_to(data, max(views[i].box[0] + views[i].box[2] for i in members))
+        if scale > 1:
+            _draft(image, scale)
+        for i in members:
+            out[i] = _pictures(image, views[i], scale, sizes)
+    return out
 
 
 def render(image: Image.Image, view: View, size: int, interpolation: str = "bicubic") -> Image.Image:

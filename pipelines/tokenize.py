@@ -2,7 +2,8 @@
 
 Per image shard, a CPU task reads the tar, samples K views per image and
 renders each view's tokenizer input with the shared ``render_views`` (the same
-call the loader makes for pixels); an actor pool (one GPU per actor when the
+call the loader makes for pixels; ``render_each`` decodes an image once for all
+its views that share a JPEG draft scale, with the same pictures); an actor pool (one GPU per actor when the
 cluster has GPUs, CPU actors otherwise) encodes the whole shard in large
 batches (a CPU actor: on its share of the CPUs as torch threads, in cache-sized
 chunks); a CPU task adds the blockwise masks and writes the Parquet sidecar
@@ -32,7 +33,7 @@ from beit_data.masks import MaskPolicy, masks_for, pack_masks
 from beit_data.progress import Progress
 from beit_data.shards import iter_samples
 from beit_data.sidecars import TOKENS_FORMAT, TOKENS_VERSION, SidecarRows, token_dir, write_sidecar
-from beit_data.views import ViewPolicy, render_views, sample_view, to_tensor_uint8
+from beit_data.views import ViewPolicy, render_each, sample_view, to_tensor_uint8
 from tokenizer import load_tokenizer
 
 from .ray_session import cluster_cpus
@@ -77,8 +78,7 @@ def prepare_shard(root: str, shard: str, options: TokenizeOptions,
             meta = json.loads(parts["json"])
             views = [sample_view(options.seed, key, k, meta["width"], meta["height"], options.view_policy)
                      for k in range(options.views)]
-            for view in views:
-                (picture,) = render_views(parts["jpg"], view, [(input_size, options.token_interpolation)])
+            for (picture,) in render_each(parts["jpg"], views, [(input_size, options.token_interpolation)]):
                 inputs.append(to_tensor_uint8(picture).numpy())
             keys.append(key)
             boxes.append([v.box for v in views])

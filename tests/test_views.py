@@ -22,6 +22,7 @@ from beit_data.views import (
     draft_scale,
     open_image,
     render,
+    render_each,
     render_views,
     sample_view,
     to_tensor_uint8,
@@ -346,3 +347,25 @@ def test_to_tensor_uint8_layout_and_modes() -> None:
         expected = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
         assert np.array_equal(to_tensor_uint8(image).numpy(), expected)
     assert to_tensor_uint8(Image.new("RGB", (0, 5))).shape == (3, 5, 0)
+
+
+def test_render_each_decodes_once_per_draft_scale_with_the_same_pictures(monkeypatch) -> None:
+    import beit_data.views as views_module
+
+    jpeg = encode(photo(1200, 900, seed=12), "JPEG")
+    png = encode(photo(300, 200, seed=13), "PNG")
+    opened = []
+    real_open = views_module.open_image
+    monkeypatch.setattr(views_module, "open_image", lambda data, *a: opened.append(data) or real_open(data, *a))
+    for data, (width, height) in ((jpeg, (1200, 900)), (png, (300, 200))):
+        views = [sample_view(3, "many", k, width, height) for k in range(12)]
+        opened.clear()
+        together = render_each(data, views, PAIR)
+        decodes = len(opened) - 1  # one header read, then one open per draft scale
+        assert decodes == len({draft_scale(real_open(data), v, PAIR) for v in views}) < len(views)
+        for view, pictures in zip(views, together):
+            for got, want in zip(pictures, render_views(data, view, PAIR)):
+                assert np.array_equal(np.asarray(got), np.asarray(want)), view
+    assert render_each(png, [], PAIR) == []
+    with pytest.raises(ValueError, match="outside"):
+        render_each(png, [View((0, 0, 10, 10)), View((150, 0, 100, 10))], PAIR)
