@@ -75,10 +75,11 @@ def _check_against_reference(root: Path, token_id: str, pkl: Path, input_size: i
     return checked
 
 
-def test_tokens_equal_independent_recomputation_at_224(sharded, encoder_pkl):
-    root = _copy(sharded, "t224")
+@pytest.mark.parametrize("jitter_on_actor", [False, True], ids=["jitter-in-render", "jitter-on-actor"])
+def test_tokens_equal_independent_recomputation_at_224(sharded, encoder_pkl, jitter_on_actor):
+    root = _copy(sharded, f"t224-{jitter_on_actor}")
     s = run_tokenize_job(root, TokenizerSpec(str(encoder_pkl), trust_pickle=True, batch_size=16),
-                         TokenizeOptions(views=2, seed=5), quiet=True)
+                         TokenizeOptions(views=2, seed=5), quiet=True, jitter_on_actor=jitter_on_actor)
     manifest = load_token_manifest(root, s["token_id"])
     assert manifest["grid"] == [14, 14] and manifest["tokenizer"]["vocab_size"] == 512
     assert manifest["mask_policy"]["num_masking"] == 75
