@@ -4,10 +4,10 @@ Each epoch a sample shows one of its K stored views, ``(epoch + offset) mod K`` 
 ``stream_id(seed, "loader-view", key)`` (a hash), so K consecutive epochs use all K. The pixels are rendered from the
 view's stored box, flip and colour jitter by :func:`beit_data.views.render_views`, the function the tokenize
 job rendered the tokenizer input with, at the token set's resolution; the view's tokens and unpacked mask
-ride along. With ``uint8=True, jitter_on_device=True`` the pixels leave the worker before
-their colour jitter, with the view's factors and order, and :func:`normalize` (or :func:`apply_color_jitter`)
-applies it where the batch goes, with the same bytes as a render on the CPU (:mod:`beit_data.color`): the
-jitter is most of a view's CPU cost and next to nothing on an accelerator. On request the tokenizer's input
+ride along. With ``uint8=True, jitter_on_device=True`` the pixels leave the worker before their colour jitter,
+with the view's factors and order, and :func:`normalize` (or :func:`apply_color_jitter`) applies it where the
+batch goes, with the same bytes as a render on the CPU (:mod:`beit_data.color`): the jitter is most of a view's
+CPU cost and next to nothing on an accelerator. On request the tokenizer's input
 is rendered too (with its jitter), by its own call with the token manifest's ``[(input_size, interpolation)]``
 exactly as the tokenize job made it (a picture depends on the sizes list it is rendered with: the JPEG draft
 scale and the contrast grey).
@@ -83,10 +83,10 @@ def pretraining_loader(root: str | os.PathLike, tokens: str, split: str = "train
     with ``R`` the token set's resolution and ``N = gh * gw``. Pixels are float32 normalised with
     ``mean``/``std`` (ImageNet's by default; BEiT's 0.5 is ``beit_data.loader.HALF``) or, with ``uint8=True``,
     left for :func:`normalize` to do on the GPU. With ``uint8``, ``jitter_on_device=True`` leaves the colour
-    jitter to :func:`normalize` too (the fastest way to feed a GPU): ``pixel_values`` are then the view before its jitter, and the batch carries
-    ``color_jitter`` (B, 3) float32 and ``color_jitter_order`` (B, 3) uint8; :func:`apply_color_jitter` gives the
-    finished uint8 pictures. ``tokenizer_pixels=True`` adds ``tokenizer_pixel_values``
-    uint8: the view rendered as the tokenize job rendered the tokenizer's input. ``keys=True`` adds the sample
+    jitter to :func:`normalize` too (the fastest way to feed a GPU): ``pixel_values`` are then the view before
+    its jitter, and the batch carries ``color_jitter`` (B, 3) float32 and ``color_jitter_order`` (B, 3) uint8;
+    :func:`apply_color_jitter` gives the finished uint8 pictures. ``tokenizer_pixels=True`` adds
+    ``tokenizer_pixel_values`` uint8: the view rendered as the tokenize job rendered the tokenizer's input. ``keys=True`` adds the sample
     keys. Every rank yields ``len(loader)`` full batches; see :class:`StreamLoader` for epochs, resuming
     and ``on_error``, and :mod:`beit_data.loader.plan` for the order.
     """
