@@ -43,14 +43,16 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-if "OMP_WAIT_POLICY" not in os.environ:
-    # The in-process encoder baseline runs torch's OpenMP threads as the job's CPU actor does
-    # (waiting threads sleep instead of spinning; OpenMP reads this when torch loads). The
-    # variable is removed again so the job still sets it for its actor itself.
+# The in-process encoder baseline runs torch's OpenMP threads as the job's CPU actor does
+# (waiting threads sleep instead of spinning; OpenMP reads this when torch loads). The
+# variable is removed again so the job still sets it for its actor itself.
+_PASSIVE = "OMP_WAIT_POLICY" not in os.environ
+if _PASSIVE:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    import torch  # noqa: F401  (first import: reads OMP_WAIT_POLICY)
+import torch  # noqa: E402  (the first import of torch)
+
+if _PASSIVE:
     del os.environ["OMP_WAIT_POLICY"]
-import torch  # noqa: E402
 
 GPU_GOAL = 7500.0  # tokenizer inputs (112 px views) per second on one H200 (bench/tokenize_gpu.py)
 VIEWS = 2
