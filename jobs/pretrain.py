@@ -20,14 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from beit_data import pretraining_loader
     from beit_data.errors import BeitDataError
     from beit_data.inspect import token_sets
     from beit_data.loader import HALF
     from beit_data.loader.storage import Storage
     from beit_data.train import PretrainConfig, run_pretrain
+    from beit_data.train.dist import default_device
 
     token_id = args.tokens
     if token_id is None:
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             raise BeitDataError(f"give --tokens ID (token sets under {args.root}/tokens: {', '.join(found) or 'none'})")
         token_id = found[0]
     # colour jitter and normalisation on the accelerator; when training on the CPU the workers jitter
-    on_accelerator = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cpu"
+    on_accelerator = default_device(args.device).type != "cpu"
     loader = pretraining_loader(args.root, tokens=token_id, split=args.split, batch_size=args.batch_size,
                                 seed=args.seed, num_workers=args.num_workers, uint8=True,
                                 jitter_on_device=on_accelerator)

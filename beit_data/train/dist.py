@@ -25,6 +25,13 @@ class DistContext:
         return self.rank == 0
 
 
+def default_device(device: str | None = None) -> torch.device:
+    """``device``, or by default ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the torchrun process group when there is one and pick this rank's device.
 
@@ -32,10 +39,7 @@ def init_distributed(device: str | None = None) -> DistContext:
     available, else CPU).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = default_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
